@@ -1,0 +1,238 @@
+"""Weights IO: safetensors files, the Hugging Face Hub layout, model cards, push to the Hub.
+
+A ``save_pretrained`` folder (and a Hub repository) holds ``config.json`` (architecture,
+model_args, pretrained_cfg), ``model.safetensors`` and a ``README.md`` model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ._pretrained import PretrainedCfg
+
+__all__ = [
+    "load_state_dict",
+    "load_weights",
+    "save_pretrained",
+    "push_to_hub",
+    "load_config",
+    "model_card",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]
+
+_logger = logging.getLogger(__name__)
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors file (or a ``save_pretrained`` folder).
+
+    Pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are refused unless
+    ``allow_pickle=True``; even then they go through ``torch.load(weights_only=True)``.
+    A trainer checkpoint (a dict with a ``"model"`` entry) gives its model weights.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    if p.suffix in _PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(
+                f"{p}: refusing to unpickle a {p.suffix} file; use safetensors, or pass allow_pickle=True "
+                "if you trust it"
+            )
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+            sd = sd["model"]
+        return sd
+    try:
+        return load_file(str(p), device="cpu")
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise ValueError(f"{p}: not a readable safetensors file ({e})") from e
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load strictly: any missing, unexpected or mis-shaped key is an error that names it.
+
+    Tensors are cast to each parameter's dtype (weights may be stored in float16).
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k}: {tuple(state_dict[k].shape)} in {source}, {tuple(own[k].shape)} in model"
+        for k in set(own) & set(state_dict)
+        if own[k].shape != state_dict[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if keys:
+                shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+                parts.append(f"{title}: {shown}")
+        raise RuntimeError(f"cannot load {source} into {type(model).__name__}: " + "; ".join(parts))
+    cast = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(cast, strict=True)
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    arch = getattr(model, "architecture", None)
+    if not arch:
+        raise ValueError("save_pretrained needs a model made by harmonize.create_model (it has no .architecture)")
+    cfg: PretrainedCfg = getattr(model, "pretrained_cfg", None) or PretrainedCfg(architecture=arch)
+    pc = cfg.to_dict()
+    pc["file"] = None  # a local path means nothing inside a published folder
+    return {"architecture": arch, "model_args": dict(getattr(model, "model_args", {})), "pretrained_cfg": pc}
+
+
+def model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard:
+    """A Hub model card (YAML metadata + Markdown) from the model's ``pretrained_cfg``."""
+    config = _model_config(model)
+    cfg = PretrainedCfg.from_dict(config["pretrained_cfg"])
+    arch = config["architecture"]
+    n_params = sum(p.numel() for p in model.parameters())
+    data = ModelCardData(
+        license=cfg.license or "apache-2.0",
+        library_name="harmonize",
+        tags=["image-harmonization", "image-to-image", "harmonize", arch.split("_")[0]],
+        pipeline_tag="image-to-image",
+    )
+    name = repo_id or cfg.name
+    lines = [
+        f"# {name}",
+        "",
+        f"`{arch}` image harmonization model from the `harmonize` library: given a composite photo and the "
+        "mask of its pasted foreground, it adjusts the foreground's colour and light to match the background.",
+        "",
+        "## Model details",
+        "",
+        f"- Architecture: `{arch}`, {n_params / 1e6:.2f} M parameters",
+    ]
+    if config["model_args"]:
+        lines.append(f"- Model arguments: `{json.dumps(config['model_args'], sort_keys=True)}`")
+    if cfg.paper:
+        lines.append(f"- Paper: {cfg.paper}" + (f" ({cfg.paper_url})" if cfg.paper_url else ""))
+    for label, value in (("Trained on", cfg.trained_on), ("Recipe", cfg.recipe), ("Hardware", cfg.hardware)):
+        if value:
+            lines.append(f"- {label}: {value}")
+    lines.append(f"- Input size: {cfg.input_size[1]}x{cfg.input_size[2]} (any size is accepted)")
+    if cfg.notes:
+        lines += ["", cfg.notes]
+    if cfg.metrics:
+        lines += ["", "## Scores", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in cfg.metrics.items()]
+    load_name = f"hf-hub:{repo_id}" if repo_id else cfg.name
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import harmonize",
+        f'model = harmonize.create_model("{load_name}", pretrained=True).eval()',
+        "out = model(image, mask)  # image (B, 3, H, W) in 0..1, mask (B, 1, H, W) in {0, 1}",
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines))
+
+
+def save_pretrained(
+    model: nn.Module, directory: str | os.PathLike, half: bool = False, repo_id: str | None = None
+) -> Path:
+    """Write the Hub layout: ``config.json``, ``model.safetensors``, ``README.md``.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a
+    half-written file. ``half=True`` stores floating-point tensors as float16.
+
+    Returns:
+        The folder written.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = _model_config(model)
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.half()
+        sd[k] = v.contiguous().clone()
+    _atomic_write_bytes(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=False) + "\n"
+    _atomic_write_bytes(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    card = str(model_card(model, repo_id))
+    _atomic_write_bytes(out / "README.md", lambda p: Path(p).write_text(card))
+    return out
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload harmonize model",
+    half: bool = False,
+) -> str:
+    """Publish ``model`` as ``repo_id`` on the Hugging Face Hub (the ``save_pretrained`` layout).
+
+    Returns:
+        The URL of the commit.
+    """
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, half=half, repo_id=repo_id)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message, repo_type="model"
+        )
+    return str(getattr(info, "commit_url", info))
+
+
+def load_config(source: str, revision: str | None = None) -> tuple[dict[str, Any], Path]:
+    """Read ``config.json`` of a local folder or a Hub repository (through the Hub cache).
+
+    Returns:
+        (config, path of the weights file next to it)
+    """
+    p = Path(source)
+    if p.is_dir():
+        cfg_path = p / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{p}: no {CONFIG_NAME} (not a save_pretrained folder)")
+        weights = p / WEIGHTS_NAME
+    else:
+        cfg_path = Path(hf_hub_download(source, CONFIG_NAME, revision=revision))
+        weights = Path(hf_hub_download(source, WEIGHTS_NAME, revision=revision))
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
+    if "architecture" not in config:
+        raise ValueError(f"{cfg_path}: no 'architecture' entry")
+    return config, weights

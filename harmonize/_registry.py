@@ -1,0 +1,115 @@
+"""The model registry: names ``arch`` and ``arch.tag``, entry points, pretrained tags."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Callable
+
+from torch import nn
+
+from ._pretrained import PretrainedCfg
+
+__all__ = [
+    "register_model",
+    "generate_default_cfgs",
+    "list_models",
+    "list_pretrained",
+    "is_model",
+    "model_entrypoint",
+    "get_pretrained_cfg",
+    "split_model_name_tag",
+]
+
+_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+_model_module: dict[str, str] = {}
+_pretrained_cfgs: dict[str, PretrainedCfg] = {}  # "arch.tag" -> cfg
+_default_tag: dict[str, str] = {}  # arch -> first tag listed
+
+
+def split_model_name_tag(name: str) -> tuple[str, str]:
+    """``"gknet.labelme"`` -> ``("gknet", "labelme")``; no tag gives ``""``."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
+
+
+def generate_default_cfgs(cfgs: dict[str, PretrainedCfg]) -> dict[str, PretrainedCfg]:
+    """Fill ``architecture`` and ``tag`` of each ``"arch.tag" -> PretrainedCfg`` entry."""
+    out = {}
+    for name, cfg in cfgs.items():
+        arch, tag = split_model_name_tag(name)
+        if not tag:
+            raise ValueError(f"default_cfgs keys must be 'arch.tag', got {name!r}")
+        cfg.architecture = cfg.architecture or arch
+        cfg.tag = tag
+        out[name] = cfg
+    return out
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn`` under its function name, with its module's ``default_cfgs``."""
+    name = fn.__name__
+    if name in _entrypoints:
+        raise ValueError(f"model {name!r} is registered twice")
+    module = sys.modules[fn.__module__]
+    _entrypoints[name] = fn
+    _model_module[name] = fn.__module__.split(".")[-1]
+    for full, cfg in getattr(module, "default_cfgs", {}).items():
+        arch, tag = split_model_name_tag(full)
+        if arch == name:
+            _pretrained_cfgs[full] = cfg
+            _default_tag.setdefault(name, tag)
+    return fn
+
+
+def _matches(name: str, filt: str | list[str]) -> bool:
+    patterns = [filt] if isinstance(filt, str) else filt
+    return any(fnmatch.fnmatch(name, p) for p in patterns) if patterns and patterns != [""] else True
+
+
+def list_models(filter: str | list[str] = "", pretrained: bool = False, module: str = "") -> list[str]:
+    """Registered architectures, sorted; ``pretrained=True`` lists ``arch.tag`` names with weights.
+
+    Args:
+        filter: shell-style wildcard(s), e.g. ``"gknet*"``.
+        pretrained: list pretrained tags instead of architectures.
+        module: only models of this family module (``"gknet"``, ``"hdnet"``).
+    """
+    if pretrained:
+        names = [n for n, c in _pretrained_cfgs.items() if c.has_weights]
+    else:
+        names = list(_entrypoints)
+    if module:
+        names = [n for n in names if _model_module[split_model_name_tag(n)[0]] == module]
+    return sorted(n for n in names if _matches(n, filter))
+
+
+def list_pretrained(filter: str | list[str] = "") -> list[str]:
+    """``arch.tag`` names that have weights."""
+    return list_models(filter, pretrained=True)
+
+
+def is_model(name: str) -> bool:
+    return split_model_name_tag(name)[0] in _entrypoints
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    arch = split_model_name_tag(name)[0]
+    if arch not in _entrypoints:
+        raise ValueError(f"unknown model {arch!r}; known models: {', '.join(sorted(_entrypoints))}")
+    return _entrypoints[arch]
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg | None:
+    """The cfg of ``arch.tag``, or of the architecture's default (first listed) tag."""
+    arch, tag = split_model_name_tag(name)
+    tag = tag or _default_tag.get(arch, "")
+    if not tag:
+        return None
+    full = f"{arch}.{tag}"
+    if full not in _pretrained_cfgs:
+        known = [n for n in _pretrained_cfgs if n.startswith(arch + ".")]
+        raise ValueError(f"unknown pretrained tag {full!r}; tags of {arch}: {known or 'none'}")
+    return _pretrained_cfgs[full]
+
+

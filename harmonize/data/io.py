@@ -1,0 +1,112 @@
+"""Reading images and masks as people have them: JPEG/PNG/WebP/TIFF, EXIF, RGBA, grey, 16-bit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+__all__ = ["load_image", "load_mask", "image_to_tensor", "mask_to_tensor", "ImageReadError"]
+
+
+class ImageReadError(ValueError):
+    """A file that is missing or cannot be decoded as an image; the message names it."""
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise ImageReadError(f"{p}: is a folder, not an image")
+    try:
+        img = Image.open(p)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageReadError(f"{p}: cannot read as an image ({e})") from e
+    return ImageOps.exif_transpose(img)
+
+
+def _to_float_array(img: Image.Image) -> np.ndarray:
+    """(H, W, C) float32 in 0..1 for any PIL mode (16-bit and float modes included)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0)[..., None]
+    if img.mode == "I":
+        a = np.asarray(img, dtype=np.int64)
+        scale = 65535.0 if a.max(initial=0) > 255 else 255.0
+        return (a.astype(np.float32) / scale).clip(0, 1)[..., None]
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        return (a / 255.0 if a.max(initial=0) > 1.0 else a).clip(0, 1)[..., None]
+    if img.mode in ("1", "L", "LA"):
+        return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def image_to_tensor(img: Image.Image | np.ndarray) -> Tensor:
+    """A PIL image or an (H, W[, C]) array (uint8, uint16 or float 0..1) -> (3, H, W) float32."""
+    if isinstance(img, Image.Image):
+        a = _to_float_array(img)
+    else:
+        a = np.asarray(img)
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif a.dtype == np.uint16:
+            a = a.astype(np.float32) / 65535.0
+        else:
+            a = a.astype(np.float32)
+        if a.ndim == 2:
+            a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
+    a = a[..., :3]  # alpha is ignored
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def mask_to_tensor(img: Image.Image | np.ndarray, threshold: float | None = 0.5) -> Tensor:
+    """A mask image or array -> (1, H, W) float32; white (or 1) is foreground.
+
+    0/1 and 0/255 masks, grey or RGB (channels averaged), 8 or 16 bit are accepted.
+    ``threshold`` binarises (>= threshold is foreground); ``None`` keeps soft edges.
+    """
+    if isinstance(img, Image.Image):
+        if img.mode in ("RGBA", "LA"):
+            img = img.convert(img.mode[:-1])
+        a = _to_float_array(img)
+    else:
+        a = np.asarray(img)
+        if a.dtype == np.bool_:
+            a = a.astype(np.float32)
+        elif a.dtype == np.uint8:
+            a = a.astype(np.float32) / (255.0 if a.max(initial=0) > 1 else 1.0)
+        elif a.dtype == np.uint16:
+            a = a.astype(np.float32) / (65535.0 if a.max(initial=0) > 255 else 255.0 if a.max(initial=0) > 1 else 1.0)
+        else:
+            a = a.astype(np.float32)
+            if a.max(initial=0) > 1.0:
+                a = a / 255.0
+        if a.ndim == 2:
+            a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"mask must be (H, W) or (H, W, C), got {a.shape}")
+    a = a[..., :3].mean(axis=2, keepdims=True)
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).clamp_(0, 1)
+    if threshold is not None:
+        t = (t >= threshold).float()
+    return t
+
+
+def load_image(path: str | os.PathLike) -> Tensor:
+    """Read an image file -> (3, H, W) float32 in 0..1 (EXIF orientation applied)."""
+    return image_to_tensor(_open(path))
+
+
+def load_mask(path: str | os.PathLike, threshold: float | None = 0.5) -> Tensor:
+    """Read a mask file -> (1, H, W) float32 (see :func:`mask_to_tensor`)."""
+    return mask_to_tensor(_open(path), threshold)

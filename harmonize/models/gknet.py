@@ -1,0 +1,215 @@
+"""GKNet: "Learning Global-aware Kernel for Image Harmonization" (Shen et al., ICCV 2023).
+
+A U-Net with mask-guided attention blocks whose decoder features are filtered by
+per-pixel, per-channel harmony kernels (kernel modulation, Eq. 5-6). The kernels are
+predicted level by level by Kernel Prediction Blocks (Eq. 1), the deepest of which is fed
+the long-distance reference of a transformer over the deepest features (LRE); KPBs fuse
+their two inputs by Selective Correlation Fusion (Eq. 2-4).
+
+Levels are counted as in the paper: level 1 is the deepest (1/16 of the input), level 2 is
+1/8, level 3 is 1/4, and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._builder import build_model_with_cfg
+from .._pretrained import PretrainedCfg
+from .._registry import generate_default_cfgs, register_model
+from ..layers import (
+    KernelPredictionBlock,
+    LongDistanceReferenceExtractor,
+    SpatialSeparatedAttention,
+    kernel_modulation,
+)
+from ._base import blend, check_inputs, pad_to_multiple
+
+__all__ = ["GKNet"]
+
+
+def _conv_bn_act(in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    pad = (kernel_size - stride + 1) // 2 if stride > 1 else kernel_size // 2
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=pad, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class _DownBlock(nn.Sequential):
+    """4x4 stride-2 conv then 3x3 conv: (B, in, H, W) -> (B, out, H/2, W/2)."""
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        super().__init__(_conv_bn_act(in_chs, out_chs, 4, 2), _conv_bn_act(out_chs, out_chs, 3))
+
+
+class _UpBlock(nn.Module):
+    """Upsample x2, concatenate the skip feature, two 3x3 convs, mask-guided attention."""
+
+    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, attention: bool) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(_conv_bn_act(in_chs + skip_chs, out_chs), _conv_bn_act(out_chs, out_chs))
+        self.attn = SpatialSeparatedAttention(out_chs) if attention else None
+
+    def forward(self, x: Tensor, skip: Tensor, mask: Tensor) -> Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.conv(torch.cat([x, skip], dim=1))
+        return self.attn(x, mask) if self.attn is not None else x
+
+
+class GKNet(nn.Module):
+    """Global-aware Kernel Network.
+
+    Args:
+        widths: channels of the encoder at full resolution and at each of the four
+            downsamplings (1/2 .. 1/16); the decoder mirrors them.
+        lre_dim: token width of the Long-distance Reference Extractor.
+        lre_depth: transformer layers of the LRE.
+        lre_heads: attention heads of the LRE.
+        kernel_size: size ``N`` of the harmony kernels.
+        modulated_levels: how many decoder levels, from the deepest, are modulated by
+            harmony kernels (each gets its own KPB).
+        scf_groups: groups ``n`` of SCF's correlation matrix.
+        scf_kernel_size: size of SCF's convolution over the correlation matrix.
+        use_kpb: predict harmony kernels and modulate the decoder (off: the U-Net baseline).
+        use_lre: feed the deepest KPB the transformer's long-distance reference (off: the
+            deepest encoder feature itself).
+        use_scf: fuse in each KPB by SCF (off: a plain sum of the two projected inputs).
+        attention: mask-guided attention blocks in the decoder (the paper's U-Net has them).
+
+    Shape:
+        image: (B, 3, H, W) in 0..1; mask: (B, 1, H, W) in {0, 1} -> (B, 3, H, W).
+        Any H, W: the input is padded internally to a multiple of 16 and the output cropped.
+    """
+
+    multiple = 16
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128, 256, 256),
+        lre_dim: int = 256,
+        lre_depth: int = 4,
+        lre_heads: int = 8,
+        kernel_size: int = 3,
+        modulated_levels: int = 3,
+        scf_groups: int = 8,
+        scf_kernel_size: int = 3,
+        use_kpb: bool = True,
+        use_lre: bool = True,
+        use_scf: bool = True,
+        attention: bool = True,
+    ) -> None:
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 5:
+            raise ValueError(f"widths must give 5 channel counts (full res, 1/2, 1/4, 1/8, 1/16), got {widths}")
+        if not use_kpb and (use_lre or use_scf):
+            raise ValueError("LRE and SCF feed the kernel prediction blocks: use_kpb=False needs use_lre=False and use_scf=False")
+        if use_kpb and not 1 <= modulated_levels <= 5:
+            raise ValueError(f"modulated_levels must be in 1..5, got {modulated_levels}")
+        self.widths, self.kernel_size = widths, kernel_size
+        self.use_kpb, self.use_lre, self.use_scf = use_kpb, use_lre, use_scf
+        self.modulated_levels = modulated_levels if use_kpb else 0
+
+        self.stem = _conv_bn_act(4, widths[0])
+        self.down = nn.ModuleList(_DownBlock(widths[i], widths[i + 1]) for i in range(4))
+        self.bottleneck = _conv_bn_act(widths[4], widths[4])
+        # up[i] goes from level i+1 (paper numbering; 1 = deepest) to the next finer level.
+        dec = widths[::-1]  # 1/16, 1/8, 1/4, 1/2, full
+        self.up = nn.ModuleList(_UpBlock(dec[i], dec[i + 1], dec[i + 1], attention) for i in range(4))
+        self.head = nn.Conv2d(widths[0], 3, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+        self.lre = (
+            LongDistanceReferenceExtractor(widths[4], lre_dim, lre_depth, lre_heads, out_chs=widths[4])
+            if use_lre
+            else None
+        )
+        kpbs = []
+        for level in range(self.modulated_levels):
+            in_chs = dec[level - 1] if level > 0 else widths[4]
+            kpbs.append(
+                KernelPredictionBlock(
+                    in_chs, dec[level], dec[level], dec[level], kernel_size, use_scf, scf_groups, scf_kernel_size
+                )
+            )
+        self.kpb = nn.ModuleList(kpbs)
+
+    def predict_kernels(self, feats: list[Tensor]) -> list[Tensor]:
+        """Harmony kernels for each modulated level, deepest first.
+
+        Args:
+            feats: encoder features, finest first (full res .. 1/16).
+        """
+        deepest = feats[-1]
+        prev = self.lre(deepest) if self.lre is not None else deepest  # F_LR
+        kernels = []
+        for level, kpb in enumerate(self.kpb):
+            k, prev = kpb(feats[-1 - level], prev)
+            kernels.append(k)
+        return kernels
+
+    def forward(self, image: Tensor, mask: Tensor) -> Tensor:
+        check_inputs(image, mask)
+        h, w = image.shape[-2:]
+        x = pad_to_multiple(torch.cat([image * 2 - 1, mask], dim=1), self.multiple)
+        m = x[:, 3:]
+        feats = [self.stem(x)]
+        for down in self.down:
+            feats.append(down(feats[-1]))
+        kernels = self.predict_kernels(feats) if self.use_kpb else []
+        y = self.bottleneck(feats[-1])
+        for level in range(5):
+            if level < len(kernels):
+                y = kernel_modulation(y, kernels[level], self.kernel_size)
+            if level < 4:
+                y = self.up[level](y, feats[-2 - level], m)
+        pred = image + self.head(y)[..., :h, :w].to(image.dtype)
+        if not self.training:
+            pred = pred.clamp(0, 1)
+        return blend(pred, image, mask)
+
+
+def _create_gknet(variant: str, pretrained: bool = False, **kwargs: Any) -> GKNet:
+    return build_model_with_cfg(GKNet, variant, pretrained, **kwargs)
+
+
+_PAPER = "Learning Global-aware Kernel for Image Harmonization (Shen et al., ICCV 2023)"
+_PAPER_URL = "https://arxiv.org/abs/2305.11676"
+_SMALL_ARGS: dict[str, Any] = dict(
+    widths=(24, 48, 96, 128, 160), lre_dim=160, lre_depth=2, lre_heads=4, modulated_levels=3, scf_groups=8
+)
+
+default_cfgs = generate_default_cfgs(
+    {
+        "gknet.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
+        "gknet_small.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
+        "test_gknet.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
+    }
+)
+
+
+@register_model
+def gknet(pretrained: bool = False, **kwargs: Any) -> GKNet:
+    """GKNet at paper scale: widths 32..256, a 4-layer LRE, kernels at three decoder levels."""
+    return _create_gknet("gknet", pretrained, **kwargs)
+
+
+@register_model
+def gknet_small(pretrained: bool = False, **kwargs: Any) -> GKNet:
+    """GKNet sized to train on a CPU in hours: widths 24..160, a 2-layer LRE."""
+    return _create_gknet("gknet_small", pretrained, variant_args=_SMALL_ARGS, **kwargs)
+
+
+@register_model
+def test_gknet(pretrained: bool = False, **kwargs: Any) -> GKNet:
+    """A tiny GKNet for tests: every part present, a few thousand parameters."""
+    args = dict(widths=(4, 8, 8, 16, 16), lre_dim=16, lre_depth=1, lre_heads=2, scf_groups=4)
+    return _create_gknet("test_gknet", pretrained, variant_args=args, **kwargs)

@@ -1,0 +1,452 @@
+"""A small explicit trainer: model, loss, optimizer and data loaders in; weights out.
+
+It never looks names up in the registry. It uses CUDA when present (bf16/fp16 autocast,
+channels_last), falls back to the CPU (bf16 autocast there too, where it pays), runs the
+same code on 1 or N processes under ``torchrun`` (DDP), clips gradients, schedules the
+learning rate, keeps an EMA of the weights, writes checkpoints atomically and resumes
+them exactly (model, optimizer, scheduler, EMA, RNG, step), evaluates periodically, and
+logs to CSV (and TensorBoard when installed). A non-finite loss stops training with a
+clear message and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "ResumableSampler",
+    "lr_lambda",
+    "seed_everything",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run that is not an object. JSON-able; saved with every checkpoint.
+
+    The defaults are the GKNet paper's recipe: Adam, lr 1e-4, betas (0.9, 0.999),
+    eps 1e-8, constant learning rate.
+    """
+
+    steps: int = 1000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 0.0  # 0: off
+    ema_decay: float = 0.0  # 0: off
+    amp: str = "auto"  # "auto" | "bf16" | "fp16" | "none"
+    channels_last: bool = True
+    log_every: int = 20
+    eval_every: int = 0  # 0: only at the end (when an eval loader is given)
+    ckpt_every: int = 500
+    seed: int = 0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # what built the run (model, data...), for the record
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then constant or cosine to ``min_lr_ratio``."""
+    if config.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {config.schedule!r}")
+
+    def f(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        span = max(config.steps - config.warmup_steps, 1)
+        t = min(max(step - config.warmup_steps, 0) / span, 1.0)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class ResumableSampler(Sampler[int]):
+    """A shuffling sampler whose order depends only on ``(seed, epoch)``, split across ranks,
+    that can start part-way through an epoch (to resume exactly)."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, rank: int | None = None, world_size: int | None = None) -> None:
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank = rank if rank is not None else (dist.get_rank() if dist.is_initialized() else 0)
+        self.world_size = world_size if world_size is not None else (dist.get_world_size() if dist.is_initialized() else 1)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` indices of this rank's share of the epoch."""
+        self.start = start
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        per_rank = len(order) // self.world_size
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        return self.length // self.world_size - self.start
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn(pred, real, mask)`` on batches of dicts.
+
+    Batches hold ``composite``, ``mask`` and ``real`` tensors (B, C, H, W). The train
+    loader's sampler should be a :class:`ResumableSampler` (for exact resume; any sampler
+    with ``set_epoch`` works without mid-epoch resume), and its dataset may have
+    ``set_epoch`` (fresh synthetic composites each epoch).
+
+    Args:
+        model: any harmonization model, ``model(composite, mask) -> image``.
+        loss_fn: ``loss_fn(pred, real, mask) -> scalar``.
+        optimizer: built on ``model.parameters()``.
+        train_loader: training batches.
+        config: the run's settings.
+        out_dir: checkpoints (``last.pt``), ``log.csv``, ``eval.jsonl``, ``config.json``.
+        eval_loader: batches for periodic evaluation (``metrics_factory`` scores them).
+        scheduler: defaults to ``LambdaLR(optimizer, lr_lambda(config))``.
+        metrics_factory: ``() -> metrics object`` with ``update(pred, real, mask, ...)`` and
+            ``compute()``; defaults to :class:`harmonize.metrics.HarmonizationMetrics`.
+        device: defaults to CUDA when available, else the CPU.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+        optimizer: torch.optim.Optimizer,
+        train_loader: DataLoader,
+        config: TrainConfig,
+        out_dir: str | os.PathLike,
+        eval_loader: DataLoader | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        metrics_factory: Callable[[], Any] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.is_main = self.rank == 0
+        self.out_dir = Path(out_dir)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp_model: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler or torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+        self.train_loader = train_loader
+        self.eval_loader = eval_loader
+        self.metrics_factory = metrics_factory
+        self.amp_dtype = self._amp_dtype(config.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = None
+        if config.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=config.ema_decay, stochastic_rounding=False)
+        self.step = 0
+        self.last_eval: dict[str, Any] = {}
+
+    def _amp_dtype(self, amp: str) -> torch.dtype | None:
+        if amp == "none":
+            return None
+        if amp == "bf16":
+            return torch.bfloat16
+        if amp == "fp16":
+            return torch.float16
+        if amp == "auto":
+            if self.device.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if self.device.type == "cpu" else None
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'none', got {amp!r}")
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": _rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def save_checkpoint(self, name: str = "last.pt") -> Path | None:
+        """Write a checkpoint atomically (rank 0 only)."""
+        if not self.is_main:
+            return None
+        path = self.out_dir / name
+        _atomic_torch_save(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore everything saved by :meth:`save_checkpoint`, to continue exactly."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{path}: has no EMA weights but this run keeps an EMA")
+            self.ema.module.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    # ----------------------------------------------------------------- training
+    def _to_device(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        fmt = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        comp = batch["composite"].to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+        mask = batch["mask"].to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+        real = batch["real"].to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+        return comp, mask, real
+
+    def _batches(self) -> Iterator[dict]:
+        """Endless batches, epoch after epoch, starting where ``self.step`` left off."""
+        loader = self.train_loader
+        per_epoch = len(loader)
+        if per_epoch == 0:
+            raise ValueError("the training loader yields no batch (dataset smaller than one batch?)")
+        epoch, offset = divmod(self.step, per_epoch)
+        sampler = loader.sampler if not isinstance(loader.sampler, torch.utils.data.BatchSampler) else None
+        while True:
+            for obj in (sampler, getattr(loader, "dataset", None)):
+                if obj is not None and hasattr(obj, "set_epoch"):
+                    obj.set_epoch(epoch)
+            if offset:
+                if not hasattr(sampler, "set_start"):
+                    raise ValueError("exact mid-epoch resume needs a ResumableSampler in the train loader")
+                sampler.set_start(offset * loader.batch_size)
+            elif hasattr(sampler, "set_start"):
+                sampler.set_start(0)
+            yield from loader
+            epoch, offset = epoch + 1, 0
+
+    def train_step(self, batch: dict) -> float:
+        comp, mask, real = self._to_device(batch)
+        self.ddp_model.train()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            pred = self.ddp_model(comp, mask)
+        loss = self.loss_fn(pred.float(), real, mask)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
+                f"{self.out_dir / 'last.pt'} (lower the learning rate, or use amp='none')"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        return loss.item()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA weights when kept, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.inference_mode()
+    def evaluate(self) -> dict[str, Any]:
+        """Score :attr:`eval_model` on the eval loader with the metrics object."""
+        if self.eval_loader is None:
+            return {}
+        if self.metrics_factory is None:
+            from ..metrics import HarmonizationMetrics
+
+            metrics = HarmonizationMetrics()
+        else:
+            metrics = self.metrics_factory()
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        for batch in self.eval_loader:
+            comp, mask, real = self._to_device(batch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                pred = model(comp, mask)
+            metrics.update(pred.float().clamp(0, 1), real, mask, subsets=batch.get("subset"), names=batch.get("name"))
+        model.train(was_training)
+        self.last_eval = metrics.compute()
+        return self.last_eval
+
+    def _log_row(self, name: str, row: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        path = self.out_dir / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``config.steps``; returns the last evaluation (empty without an eval loader)."""
+        cfg = self.config
+        if self.is_main:
+            (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        tb = None
+        if self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:
+                tb = None
+        bar = None
+        if cfg.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        batches = self._batches()
+        t0, images, run_loss, n_loss = time.perf_counter(), 0, 0.0, 0
+        while self.step < cfg.steps:
+            batch = next(batches)
+            loss = self.train_step(batch)
+            bs = batch["composite"].shape[0] * (dist.get_world_size() if self.distributed else 1)
+            images += bs
+            run_loss, n_loss = run_loss + loss, n_loss + 1
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                dt = time.perf_counter() - t0
+                row = {
+                    "step": self.step,
+                    "loss": run_loss / n_loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "images_per_s": images / dt if dt > 0 else 0.0,
+                    "time": time.time(),
+                }
+                self._log_row("log.csv", row)
+                if tb is not None:
+                    tb.add_scalar("train/loss", row["loss"], self.step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+                t0, images, run_loss, n_loss = time.perf_counter(), 0, 0.0, 0
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self._eval_and_log(tb)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        result = self._eval_and_log(tb) if self.eval_loader is not None else {}
+        if bar is not None:
+            bar.close()
+        if tb is not None:
+            tb.close()
+        return result
+
+    def _eval_and_log(self, tb) -> dict[str, Any]:
+        res = self.evaluate()
+        flat = {"step": self.step, **_flatten(res)}
+        if self.is_main:
+            with (self.out_dir / "eval.jsonl").open("a") as f:
+                f.write(json.dumps(flat) + "\n")
+        if tb is not None:
+            for k, v in flat.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    tb.add_scalar(f"eval/{k}", v, self.step)
+        _logger.info("step %d eval: %s", self.step, {k: v for k, v in flat.items() if "overall" in k or k == "step"})
+        return res
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        elif isinstance(v, (int, float)):
+            out[key] = v
+    return out

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+import harmonize
+from harmonize.models import GKNet
+
+
+def _inputs(h=40, w=56):
+    image = torch.rand(2, 3, h, w)
+    mask = torch.zeros(2, 1, h, w)
+    mask[0, :, 5:20, 8:30] = 1
+    mask[1, :, 20:38, 30:50] = 1
+    return image, mask
+
+
+def test_untrained_gknet_is_identity_on_the_foreground():
+    # Kernel heads start as identity kernels and the output head at zero: the untrained
+    # network returns its input, so training starts from the composite.
+    model = harmonize.create_model("test_gknet").eval()
+    image, mask = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(model(image, mask), image, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags,parts",
+    [
+        (dict(use_kpb=False, use_lre=False, use_scf=False), dict(kpb=0, lre=False)),
+        (dict(use_kpb=True, use_lre=False, use_scf=False), dict(kpb=3, lre=False)),
+        (dict(use_kpb=True, use_lre=True, use_scf=False), dict(kpb=3, lre=True)),
+        (dict(use_kpb=True, use_lre=True, use_scf=True), dict(kpb=3, lre=True)),
+    ],
+)
+def test_ablation_rows_build_and_run(flags, parts):
+    model = harmonize.create_model("test_gknet", **flags)
+    assert len(model.kpb) == parts["kpb"]
+    assert (model.lre is not None) == parts["lre"]
+    scf = any(type(m).__name__ == "SelectiveCorrelationFusion" for m in model.modules())
+    assert scf == flags["use_scf"]
+    image, mask = _inputs()
+    out = model(image, mask)
+    assert out.shape == image.shape and torch.isfinite(out).all()
+
+
+def test_lre_without_kpb_is_an_error():
+    with pytest.raises(ValueError, match="use_kpb=False"):
+        GKNet(widths=(4, 8, 8, 16, 16), lre_dim=16, lre_heads=2, use_kpb=False, use_lre=True, use_scf=False)
+
+
+def test_kernels_shapes_per_level():
+    model = harmonize.create_model("test_gknet")
+    image, mask = _inputs(64, 64)
+    x = torch.cat([image * 2 - 1, mask], 1)
+    feats = [model.stem(x)]
+    for d in model.down:
+        feats.append(d(feats[-1]))
+    kernels = model.predict_kernels(feats)
+    assert [tuple(k.shape) for k in kernels] == [(2, 16 * 9, 4, 4), (2, 16 * 9, 8, 8), (2, 8 * 9, 16, 16)]
+
+
+def test_modulation_changes_output_when_kernels_change():
+    model = harmonize.create_model("test_gknet").train()  # batch statistics: unit-scale features
+    image, mask = _inputs()
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.1)
+        before = model(image, mask)
+        model.kpb[0].kernel_head.bias.add_(0.5)
+        after = model(image, mask)
+    fg = mask.bool().expand_as(image)
+    assert (before[fg] - after[fg]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (17, 33), (100, 61), (8, 8)])
+def test_any_size(hw):
+    model = harmonize.create_model("test_gknet").eval()
+    image, mask = torch.rand(1, 3, *hw), torch.ones(1, 1, *hw)
+    with torch.no_grad():
+        assert model(image, mask).shape == (1, 3, *hw)
+
+
+def test_channels_last_and_bf16_autocast():
+    model = harmonize.create_model("test_gknet").to(memory_format=torch.channels_last)
+    image, mask = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(image.contiguous(memory_format=torch.channels_last), mask)
+    assert out.shape == image.shape and torch.isfinite(out).all()
+
+
+def test_variant_sizes():
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(harmonize.create_model("test_gknet")) < 200_000
+    assert n(harmonize.create_model("gknet_small")) < n(harmonize.create_model("gknet"))

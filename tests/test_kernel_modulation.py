@@ -1,0 +1,107 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harmonize.layers import KernelModulation, kernel_modulation
+
+
+def unfold_reference(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
+    """The oracle: build the unfolded copy and take the weighted sum."""
+    b, c, h, w = x.shape
+    cols = F.unfold(x, k, padding=k // 2).view(b, c, k * k, h, w)
+    kv = kernels.view(b, -1, k * k, h, w)
+    return (cols * kv).sum(2)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 1), (4, 13)])
+def test_matches_unfold_oracle(k, shared, hw):
+    x = torch.randn(2, 5, *hw)
+    kernels = torch.randn(2, (1 if shared else 5) * k * k, *hw)
+    torch.testing.assert_close(kernel_modulation(x, kernels, k), unfold_reference(x, kernels, k), rtol=1e-5, atol=1e-5)
+
+
+def test_offset_convention():
+    # A kernel with a single 1 at index j = (dy + r) * k + (dx + r) reads x[y + dy, x + dx].
+    x = torch.arange(25.0).view(1, 1, 5, 5)
+    kernels = torch.zeros(1, 9, 5, 5)
+    kernels[:, 5] = 1.0  # dy = 0, dx = +1
+    out = kernel_modulation(x, kernels, 3)
+    assert out[0, 0, 2, 2] == x[0, 0, 2, 3]
+    assert out[0, 0, 2, 4] == 0  # zero padding beyond the right edge
+    kernels.zero_()
+    kernels[:, 1] = 1.0  # dy = -1, dx = 0
+    assert kernel_modulation(x, kernels, 3)[0, 0, 2, 2] == x[0, 0, 1, 2]
+
+
+def test_identity_kernels():
+    x = torch.randn(2, 4, 6, 6)
+    kernels = torch.zeros(2, 4 * 9, 6, 6)
+    kernels[:, 4::9] = 1
+    assert torch.equal(kernel_modulation(x, kernels, 3), x)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradcheck_float64(shared):
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    kernels = torch.randn(2, (1 if shared else 3) * 9, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: kernel_modulation(a, b, 3), (x, kernels))
+
+
+def test_gradients_match_oracle():
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    kernels = torch.randn(2, 4 * 25, 9, 7, requires_grad=True)
+    g = torch.randn(2, 4, 9, 7)
+    gx, gk = torch.autograd.grad(kernel_modulation(x, kernels, 5), (x, kernels), g)
+    rx, rk = torch.autograd.grad(unfold_reference(x, kernels, 5), (x, kernels), g)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_inputs():
+    x = torch.randn(2, 6, 8, 10).transpose(2, 3)  # (2, 6, 10, 8), non-contiguous
+    kernels = torch.randn(2, 10, 8, 6 * 9).permute(0, 3, 1, 2)  # non-contiguous
+    assert not x.is_contiguous() and not kernels.is_contiguous()
+    torch.testing.assert_close(kernel_modulation(x, kernels), unfold_reference(x, kernels.contiguous(), 3))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(kernel_modulation(xc, kernels), unfold_reference(x, kernels.contiguous(), 3))
+
+
+def test_module_equals_function():
+    x, kernels = torch.randn(1, 3, 8, 8), torch.randn(1, 27, 8, 8)
+    m = KernelModulation(3)
+    assert torch.equal(m(x, kernels), kernel_modulation(x, kernels, 3))
+    assert "kernel_size=3" in repr(m)
+
+
+def test_bfloat16_runs_and_is_close():
+    x, kernels = torch.randn(1, 4, 8, 8), torch.randn(1, 36, 8, 8)
+    out = kernel_modulation(x.bfloat16(), kernels.bfloat16(), 3)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), unfold_reference(x, kernels, 3), rtol=0.05, atol=0.2)
+
+
+@pytest.mark.parametrize(
+    "x_shape,k_shape,k,match",
+    [
+        ((2, 3, 5, 5), (2, 26, 5, 5), 3, "C\\*k\\*k = 27"),
+        ((2, 3, 5, 5), (2, 27, 5, 4), 3, "must match x"),
+        ((2, 3, 5, 5), (1, 27, 5, 5), 3, "must match x"),
+        ((3, 5, 5), (2, 27, 5, 5), 3, "x must be"),
+        ((2, 3, 5, 5), (2, 27, 5, 5), 2, "odd"),
+    ],
+)
+def test_clear_errors(x_shape, k_shape, k, match):
+    with pytest.raises(ValueError, match=match):
+        kernel_modulation(torch.randn(x_shape), torch.randn(k_shape), k)
+
+
+def test_memory_backward_saves_only_inputs():
+    # The autograd graph keeps x and the kernels, not a k*k-times larger unfolded copy.
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    kernels = torch.randn(1, 8 * 9, 16, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        kernel_modulation(x, kernels, 3).sum().backward()
+    assert sum(saved) == x.numel() + kernels.numel()
