@@ -35,7 +35,7 @@ def create_model(
         checkpoint_path: a safetensors file to load after creation (strict).
         **kwargs: constructor arguments of the model.
 
-    Example:
+    Examples:
         >>> model = create_model("test_gknet")
         >>> model(torch.rand(1, 3, 64, 64), torch.ones(1, 1, 64, 64)).shape
         torch.Size([1, 3, 64, 64])

@@ -164,7 +164,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score one model: ``(summary, records)``; see :func:`evaluate_models` for the arguments.
 
-    Example:
+    Examples:
         >>> summary, records = evaluate(create_model("composite"), IHarmony4Dataset(root, split="test"))
         >>> summary["overall"]["fmse"], len(records)
     """

@@ -21,7 +21,7 @@ How images are brought to the size of the measurement (resize, 8-bit rounding, m
 binarisation) and which PSNR peak is used differ between codebases; a :class:`Preset`
 names one convention and :data:`PRESETS` holds those in use (see ``docs/metrics.md``).
 
-Example:
+Examples:
     >>> from harmonize.metrics import HarmonizationMetrics, prepare
     >>> metric = HarmonizationMetrics("issam")
     >>> comp, mask = prepare(composite, mask, "issam")      # (B, 3, 256, 256), (B, 1, 256, 256)
@@ -102,7 +102,7 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
     Shape:
         pred, target: (B, 3, H, W) in 0..1 -> (B,) float64
 
-    Example:
+    Examples:
         >>> mse(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 1 / 255))
         tensor([1.], dtype=torch.float64)
     """
@@ -540,7 +540,7 @@ class HarmonizationMetrics:
         ssim: also compute SSIM (slower).
         buckets: foreground-ratio buckets, ``(label, low, high)``.
 
-    Example:
+    Examples:
         >>> m = HarmonizationMetrics("iharmony4")
         >>> m.update(pred, real, mask, subsets=["HCOCO"] * len(pred), names=names)
         >>> m.compute()["subsets"]["HCOCO"]["mse"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.data import Dataset
 
@@ -31,7 +33,7 @@ class SyntheticCompositeDataset(Dataset):
         self,
         base: IHarmony4Dataset,
         synthesizer: CompositeSynthesizer | None = None,
-        transform=None,
+        transform: Callable[[dict, torch.Generator | None], dict] | None = None,
         p_original: float = 0.3,
         seed: int = 0,
     ) -> None:

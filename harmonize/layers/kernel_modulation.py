@@ -39,81 +39,118 @@ def _check(x: Tensor, kernels: Tensor, kernel_size: int) -> tuple[int, bool]:
     )
 
 
-def _offsets(kernel_size: int) -> list[tuple[int, int]]:
-    """Offsets (dy, dx) in F.unfold order: j = (dy + r) * k + (dx + r)."""
+def _taps(kernel_size: int, h: int, w: int) -> list[tuple[int, list[tuple[int, int, int, int]]]]:
+    """The k*k taps as flat shifts over a row-major (H*W) plane, grouped by column offset.
+
+    Tap ``j = (dy + r) * k + (dx + r)`` reads ``x[y + dy, x + dx]``, which in the flattened plane
+    is ``xf[p + s]`` with ``s = dy * w + dx``. Over the one contiguous range ``lo <= p < hi`` where
+    ``p + s`` stays in the plane, every read is the right neighbour except in the ``|dx|`` columns
+    whose neighbour falls off the left or right edge and wraps to the previous or next row; the
+    callers fix those columns afterwards. Returns ``[(dx, [(j, s, lo, hi), ...]), ...]`` with the
+    ``dx = 0`` group first and the centre tap left out; taps with no valid position are dropped.
+    """
     r = kernel_size // 2
-    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    hw = h * w
+    groups = []
+    for dx in sorted(range(-r, r + 1), key=abs):
+        if abs(dx) >= w:
+            continue
+        taps = []
+        for dy in range(-r, r + 1):
+            if (dy, dx) == (0, 0) or abs(dy) >= h:
+                continue
+            s = dy * w + dx
+            taps.append(((dy + r) * kernel_size + dx + r, s, max(0, -s), hw - max(0, s)))
+        if taps:
+            groups.append((dx, taps))
+    return groups
 
 
-def _valid(d: int, n: int) -> tuple[slice, slice] | None:
-    """Output positions whose neighbour at offset ``d`` lies inside ``0..n-1``, and those neighbours."""
-    if abs(d) >= n:
-        return None
-    return slice(max(0, -d), n - max(0, d)), slice(max(0, d), n - max(0, -d))
-
-
-def _zero_border(t: Tensor, ys: slice, xs: slice) -> None:
-    """Zero the rows and columns of ``t`` (..., H, W) outside ``ys`` x ``xs``."""
-    t[..., : ys.start, :].zero_()
-    t[..., ys.stop :, :].zero_()
-    t[..., ys, : xs.start].zero_()
-    t[..., ys, xs.stop :].zero_()
+def _cols(dx: int, w: int) -> slice:
+    """The columns of an (..., H, W) map whose neighbour at column offset ``dx`` is off the edge."""
+    return slice(w - dx, w) if dx > 0 else slice(0, -dx)
 
 
 class _KernelModulationFn(torch.autograd.Function):
-    """Shift-and-accumulate over the k*k offsets; each step touches only the valid window,
-    so no padded or unfolded copy of ``x`` is ever made, in either pass."""
+    """Shift-and-accumulate over the k*k taps, each a flat shift over whole (H*W) planes, so
+    every step is one long contiguous op; no padded or unfolded copy of ``x`` is ever made, in
+    either pass. The few entries a flat shift gets wrong (those that wrap across a row edge)
+    are put right column-wise: saved before and restored after each column-offset group in the
+    accumulations, zeroed in the kernel gradient."""
 
     @staticmethod
     def forward(ctx, x: Tensor, kernels: Tensor, kernel_size: int, shared: bool) -> Tensor:
+        x = x.contiguous()
         b, c, h, w = x.shape
         kk = kernel_size * kernel_size
-        kv = kernels.view(b, 1 if shared else c, kk, h, w)
-        out = torch.mul(kv[:, :, kk // 2], x)  # the centre tap covers every pixel
-        for j, (dy, dx) in enumerate(_offsets(kernel_size)):
-            vy, vx = _valid(dy, h), _valid(dx, w)
-            if j == kk // 2 or vy is None or vx is None:
-                continue
-            (ys, ys_src), (xs, xs_src) = vy, vx
-            out[..., ys, xs].addcmul_(kv[:, :, j, ys, xs], x[..., ys_src, xs_src])
+        kv = kernels.view(b, 1 if shared else c, kk, h * w)
+        xf = x.view(b, c, h * w)
+        out = torch.mul(kv[:, :, kk // 2], xf)  # the centre tap covers every pixel
+        out4 = out.view(b, c, h, w)
+        for dx, taps in _taps(kernel_size, h, w):
+            if dx:  # entries in these columns would pick up wrapped neighbours: keep them as they are
+                cols = _cols(dx, w)
+                kept = out4[..., cols].clone()
+            for j, s, lo, hi in taps:
+                out[..., lo:hi].addcmul_(kv[:, :, j, lo:hi], xf[..., lo + s : hi + s])
+            if dx:
+                out4[..., cols] = kept
         ctx.save_for_backward(x, kernels)
         ctx.kernel_size = kernel_size
         ctx.shared = shared
-        return out
+        return out4
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, kernels = ctx.saved_tensors
         k, shared = ctx.kernel_size, ctx.shared
+        need_x, need_k = ctx.needs_input_grad[:2]
         b, c, h, w = x.shape
-        kk = k * k
-        kv = kernels.view(b, 1 if shared else c, kk, h, w)
+        hw, kk = h * w, k * k
+        kv = kernels.view(b, 1 if shared else c, kk, hw)
+        xf = x.view(b, c, hw)
+        g = grad_out.contiguous().view(b, c, hw)
+
+        def kernel_grad(dst: Tensor, gs: Tensor, xs: Tensor) -> None:
+            if shared:
+                torch.sum(gs * xs, dim=1, keepdim=True, out=dst)
+            else:
+                torch.mul(gs, xs, out=dst)
+
         grad_x = grad_k = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mul(kv[:, :, kk // 2], grad_out)
-            for j, (dy, dx) in enumerate(_offsets(k)):
-                vy, vx = _valid(dy, h), _valid(dx, w)
-                if j == kk // 2 or vy is None or vx is None:
-                    continue
-                (ys, ys_src), (xs, xs_src) = vy, vx
-                grad_x[..., ys_src, xs_src].addcmul_(kv[:, :, j, ys, xs], grad_out[..., ys, xs])
-        if ctx.needs_input_grad[1]:
-            grad_k = kernels.new_empty(b, 1 if shared else c, kk, h, w)
-            for j, (dy, dx) in enumerate(_offsets(k)):
-                vy, vx = _valid(dy, h), _valid(dx, w)
-                gk = grad_k[:, :, j]
-                if vy is None or vx is None:
-                    gk.zero_()
-                    continue
-                (ys, ys_src), (xs, xs_src) = vy, vx
-                _zero_border(gk, ys, xs)
-                if shared:
-                    prod = grad_out[..., ys, xs] * x[..., ys_src, xs_src]
-                    torch.sum(prod, dim=1, keepdim=True, out=gk[..., ys, xs])
-                else:
-                    torch.mul(grad_out[..., ys, xs], x[..., ys_src, xs_src], out=gk[..., ys, xs])
+        if need_x:
+            grad_x = torch.mul(kv[:, :, kk // 2], g)
+            gx4 = grad_x.view(b, c, h, w)
+        if need_k:
+            grad_k = kernels.new_empty(b, 1 if shared else c, kk, hw)
+            gk4 = grad_k.view(b, -1, kk, h, w)
+            kernel_grad(grad_k[:, :, kk // 2], g, xf)
+            done = {kk // 2}
+        for dx, taps in _taps(k, h, w):
+            if need_x and dx:  # wrapped writes land in these columns of grad_x: keep them as they are
+                cols_x = _cols(-dx, w)
+                kept = gx4[..., cols_x].clone()
+            for j, s, lo, hi in taps:
+                gs = g[..., lo:hi]
+                if need_x:
+                    grad_x[..., lo + s : hi + s].addcmul_(kv[:, :, j, lo:hi], gs)
+                if need_k:
+                    gk = grad_k[:, :, j]
+                    kernel_grad(gk[..., lo:hi], gs, xf[..., lo + s : hi + s])
+                    gk[..., :lo].zero_()
+                    gk[..., hi:].zero_()
+                    if dx:
+                        gk4[:, :, j, :, _cols(dx, w)].zero_()
+                    done.add(j)
+            if need_x and dx:
+                gx4[..., cols_x] = kept
+        if need_k:
+            for j in set(range(kk)) - done:  # taps with no valid position at all
+                grad_k[:, :, j].zero_()
             grad_k = grad_k.view(kernels.shape)
+        if need_x:
+            grad_x = gx4
         return grad_x, grad_k, None, None
 
 

@@ -111,7 +111,7 @@ def local_dynamic(
         query_feat, key_feat: (B, C, H, W); mask: (B, 1, h, w);
         value_feat: (B, Cv, H, W) -> (B, Cv, H, W)
 
-    Example:
+    Examples:
         >>> f = torch.randn(2, 16, 8, 8)
         >>> mask = torch.zeros(2, 1, 32, 32); mask[..., 8:24, 8:24] = 1
         >>> local_dynamic(f, f, mask, top_k=2, chunk_size=16).shape
@@ -167,7 +167,7 @@ class LocalDynamic(nn.Module):
     Shape:
         x: (B, C, H, W); mask: (B, 1, h, w) in 0..1 -> (B, C, H, W)
 
-    Example:
+    Examples:
         >>> ld = LocalDynamic(32, top_k=1)
         >>> mask = torch.zeros(1, 1, 64, 64); mask[..., 16:48, 16:48] = 1
         >>> ld(torch.randn(1, 32, 16, 16), mask).shape

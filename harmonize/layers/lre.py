@@ -51,7 +51,7 @@ class LongDistanceReferenceExtractor(nn.Module):
     Shape:
         (B, in_chs, h, w) -> (B, out_chs, h, w), for any h, w.
 
-    Example:
+    Examples:
         >>> lre = LongDistanceReferenceExtractor(64, embed_dim=32, depth=1, num_heads=2)
         >>> lre(torch.randn(2, 64, 7, 9)).shape
         torch.Size([2, 64, 7, 9])

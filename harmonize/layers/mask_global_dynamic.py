@@ -33,7 +33,7 @@ def dynamic_conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     Shape:
         x: (B, C, H, W); weight: (B, C_out, C); bias: (B, C_out) -> (B, C_out, H, W)
 
-    Example:
+    Examples:
         >>> x = torch.randn(2, 8, 5, 5)
         >>> eye = torch.eye(8).expand(2, 8, 8)
         >>> torch.allclose(dynamic_conv1x1(x, eye), x)
@@ -77,7 +77,7 @@ class MaskGlobalDynamic(nn.Module):
     Shape:
         x: (B, C, H, W); mask: (B, 1, h, w) in 0..1 -> (B, C, H, W)
 
-    Example:
+    Examples:
         >>> mgd = MaskGlobalDynamic(16)
         >>> mask = torch.zeros(2, 1, 32, 32); mask[..., :, 16:] = 1
         >>> mgd(torch.randn(2, 16, 16, 16), mask).shape

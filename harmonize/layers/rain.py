@@ -72,7 +72,7 @@ def region_aware_instance_norm(
     Shape:
         x: (B, C, H, W); mask: (B, 1, h, w); weights and biases: (C,) -> (B, C, H, W)
 
-    Example:
+    Examples:
         >>> x = torch.randn(1, 4, 8, 8)
         >>> mask = torch.zeros(1, 1, 8, 8); mask[..., :4, :] = 1
         >>> y = region_aware_instance_norm(x, mask)
@@ -124,7 +124,7 @@ class RegionAwareInstanceNorm(nn.Module):
     Shape:
         x: (B, C, H, W); mask: (B, 1, h, w) in 0..1 -> (B, C, H, W)
 
-    Example:
+    Examples:
         >>> rain = RegionAwareInstanceNorm(16)
         >>> mask = torch.zeros(2, 1, 64, 64); mask[..., 16:48, 16:48] = 1
         >>> rain(torch.randn(2, 16, 32, 32), mask).shape

@@ -46,7 +46,7 @@ class SelectiveCorrelationFusion(nn.Module):
         deep: (B, in_chs, h, w), skip: (B, skip_chs, H, W) -> (B, out_chs, H, W).
         ``h, w`` may differ from ``H, W``: the deep branch is resized bilinearly to ``H, W``.
 
-    Example:
+    Examples:
         >>> scf = SelectiveCorrelationFusion(in_chs=64, skip_chs=32, groups=8)
         >>> scf(torch.randn(1, 64, 8, 8), torch.randn(1, 32, 16, 16)).shape
         torch.Size([1, 32, 16, 16])

@@ -1,0 +1,161 @@
+"""GKNet's layers used alone: SCF, KPB, LRE and the mask-guided attention."""
+
+import pytest
+import torch
+from torch import nn
+
+from harmonize.layers import (
+    KernelModulation,
+    KernelPredictionBlock,
+    LongDistanceReferenceExtractor,
+    SelectiveCorrelationFusion,
+    SpatialSeparatedAttention,
+    kernel_modulation,
+    masked_mean,
+    sincos_pos_embed_2d,
+)
+
+
+class TinySegNet(nn.Module):
+    """The docs' example: SCF fusing a decoder's coarse map with an encoder skip in a
+    two-level segmentation network (no harmonization anywhere)."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.fuse = SelectiveCorrelationFusion(in_chs=32, skip_chs=16, groups=4)
+        self.head = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x):
+        s = self.enc1(x)
+        return self.head(self.fuse(self.enc2(s), s))
+
+
+def test_scf_in_a_segmentation_network_learns():
+    torch.manual_seed(0)
+    net = TinySegNet()
+    x = torch.rand(4, 3, 16, 16)
+    target = (x[:, 0] > 0.5).long() + (x[:, 1] > 0.5).long()  # a per-pixel labelling
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(net(x), target)
+        opt.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        opt.step()
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_scf_equations_by_hand():
+    torch.manual_seed(0)
+    scf = SelectiveCorrelationFusion(in_chs=6, skip_chs=4, out_chs=8, groups=4).double()
+    with torch.no_grad():
+        scf.b.fill_(0.7)
+    deep, skip = torch.randn(2, 6, 3, 5, dtype=torch.float64), torch.randn(2, 4, 6, 10, dtype=torch.float64)
+    a_deep, a_skip = scf.attn_deep(deep), scf.attn_skip(skip)
+    corr = a_deep.view(2, 4, 2) @ a_skip.view(2, 4, 2).transpose(1, 2)  # Eq. 2, n=4 groups of m=2
+    sel = scf.corr_conv(corr[:, None])
+    bar_deep = sel[:, :2].mean(3).transpose(1, 2).reshape(2, 8)
+    bar_skip = sel[:, 2:].mean(2).transpose(1, 2).reshape(2, 8)
+    s_deep = torch.sigmoid(a_deep + 0.7 * scf.fc_deep(bar_deep))  # Eq. 3
+    s_skip = torch.sigmoid(a_skip + 0.7 * scf.fc_skip(bar_skip))
+    got_deep, got_skip = scf.selective_weights(deep, skip)
+    torch.testing.assert_close(got_deep, s_deep)
+    torch.testing.assert_close(got_skip, s_skip)
+    up = nn.functional.interpolate(scf.proj_deep(deep) * s_deep[..., None, None], size=(6, 10), mode="bilinear")
+    torch.testing.assert_close(scf(deep, skip), scf.proj_skip(skip) * s_skip[..., None, None] + up)  # Eq. 4
+
+
+def test_scf_gradcheck_float64():
+    scf = SelectiveCorrelationFusion(in_chs=4, skip_chs=4, groups=2).double()
+    with torch.no_grad():
+        scf.b.fill_(0.5)
+    deep = torch.randn(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(1, 4, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(scf, (deep, skip))
+
+
+def test_scf_errors_and_non_contiguous():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        SelectiveCorrelationFusion(8, 8, out_chs=10, groups=4)
+    scf = SelectiveCorrelationFusion(8, 4, groups=2)
+    with pytest.raises(ValueError, match="deep must be"):
+        scf(torch.randn(1, 7, 4, 4), torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        scf(torch.randn(2, 8, 4, 4), torch.randn(1, 4, 8, 8))
+    deep = torch.randn(1, 8, 4, 4).permute(0, 1, 3, 2)
+    skip = torch.randn(1, 8, 8, 4).permute(0, 3, 1, 2)
+    assert not deep.is_contiguous() and not skip.is_contiguous()
+    torch.testing.assert_close(scf(deep, skip), scf(deep.contiguous(), skip.contiguous()))
+
+
+def test_kpb_outputs_and_identity_start():
+    kpb = KernelPredictionBlock(in_chs=8, skip_chs=6, out_chs=8, kernel_chs=5, kernel_size=3, groups=4)
+    kernels, feat = kpb(torch.randn(2, 6, 8, 8), torch.randn(2, 8, 4, 4))
+    assert kernels.shape == (2, 45, 8, 8) and feat.shape == (2, 8, 8, 8)
+    # an untrained block's kernels are (nearly) the identity: modulation leaves x unchanged
+    x = torch.randn(2, 5, 8, 8)
+    torch.testing.assert_close(KernelModulation(3)(x, kernels), x, atol=0.05, rtol=0.05)
+    plain = KernelPredictionBlock(8, 6, 8, 5, use_scf=False)
+    assert not any(isinstance(m, SelectiveCorrelationFusion) for m in plain.modules())
+    assert plain(torch.randn(1, 6, 8, 8), torch.randn(1, 8, 4, 4))[0].shape == (1, 45, 8, 8)
+
+
+def test_kernel_modulation_in_a_denoiser():
+    # Reuse outside harmonization: a kernel-predicting denoiser (Bako et al. 2017 style).
+    torch.manual_seed(0)
+    predictor = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 9, 3, padding=1))
+    clean = torch.rand(2, 3, 24, 24).cumsum(-1) / 24  # smooth ramps
+    noisy = clean + 0.1 * torch.randn_like(clean)
+    opt = torch.optim.Adam(predictor.parameters(), 1e-2)
+    for _ in range(40):
+        k = torch.softmax(predictor(noisy), dim=1)  # one 3x3 kernel per pixel, shared by the channels
+        loss = ((kernel_modulation(noisy, k, 3) - clean) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * ((noisy - clean) ** 2).mean().item()
+
+
+def test_lre_any_size_and_position_embedding():
+    lre = LongDistanceReferenceExtractor(12, embed_dim=16, depth=2, num_heads=4, out_chs=8)
+    for h, w in [(1, 1), (5, 7), (16, 16)]:
+        assert lre(torch.randn(2, 12, h, w)).shape == (2, 8, h, w)
+    a, b = sincos_pos_embed_2d(4, 4, 16), sincos_pos_embed_2d(8, 8, 16)
+    assert a.shape == (16, 16) and b.shape == (64, 16)
+    assert len({tuple(r.tolist()) for r in b}) == 64  # every position distinct
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d(2, 2, 6)
+    with pytest.raises(ValueError, match="expected"):
+        lre(torch.randn(1, 11, 4, 4))
+
+
+def test_lre_is_global():
+    # Changing one token changes the output everywhere: the reference is long-distance.
+    torch.manual_seed(0)
+    lre = LongDistanceReferenceExtractor(4, embed_dim=8, depth=1, num_heads=2).eval()
+    x = torch.randn(1, 4, 6, 6)
+    y = x.clone()
+    y[..., 0, 0] += 5
+    diff = (lre(x) - lre(y)).abs()
+    assert diff[..., 4:, 4:].max() > 1e-4  # far corner moved (beyond the 3x3 post-conv)
+
+
+def test_lre_gradcheck_float64():
+    lre = LongDistanceReferenceExtractor(4, embed_dim=8, depth=1, num_heads=2).double()
+    x = torch.randn(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lre, (x,))
+
+
+def test_spatial_separated_attention():
+    att = SpatialSeparatedAttention(8)
+    x, m = torch.randn(2, 8, 6, 6), torch.zeros(2, 1, 12, 12)
+    m[..., :6, :] = 1
+    assert torch.equal(att(x, m), x)  # zero-initialised projection: identity at start
+    nn.init.normal_(att.proj.weight)
+    assert not torch.equal(att(x, m), x)
+    mm = masked_mean(x, torch.ones(2, 1, 6, 6))
+    torch.testing.assert_close(mm, x.mean((2, 3)))
