@@ -5,10 +5,17 @@ ratios, measured in one run at B=4, k=3, (C, H, W) in (256, 32, 32), (128, 64, 6
 (64, 128, 128). Goal: forward+backward at least 3x faster than unfold, and at most half
 its peak memory, at every size.
 
+Times are medians over ``--reps`` rounds (after two warm-up rounds); each round runs the
+four measurements (shift and unfold, forward and forward+backward) one after the other, so
+that both ops see the same machine load. Timings depend on glibc's allocator settings
+(``MALLOC_*`` variables, printed in the header): with the defaults, every large new tensor
+costs page faults.
+
 Peak memory is the growth of the resident set of a fresh process running one
 forward+backward (inputs allocated first; glibc told to map every tensor separately, so
 freed memory leaves the resident set), so it counts everything the op allocates,
-autograd's saved tensors and the gradients included.
+autograd's saved tensors and the gradients included. That process gets its own allocator
+settings, whatever the benchmark itself runs with.
 
     python benchmarks/kernel_modulation.py [--reps 10] [--threads 2]
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,22 +55,25 @@ def _inputs(c: int, h: int, w: int, grad: bool):
     return x, kernels
 
 
-def time_op(name: str, c: int, h: int, w: int, backward: bool, reps: int) -> float:
-    op = OPS[name]
-    x, kernels = _inputs(c, h, w, backward)
+def time_ops(c: int, h: int, w: int, reps: int) -> dict[tuple[str, bool], float]:
+    """Median ms of each (op, backward) pair, measured in interleaved rounds."""
+    inputs = {bw: _inputs(c, h, w, bw) for bw in (False, True)}
     grad = torch.randn(B, c, h, w)
-    times = []
+    times: dict[tuple[str, bool], list[float]] = {(n, bw): [] for bw in (False, True) for n in OPS}
     for i in range(reps + 2):
-        t = time.perf_counter()
-        if backward:
-            x.grad = kernels.grad = None
-            op(x, kernels, K).backward(grad)
-        else:
-            with torch.no_grad():
-                op(x, kernels, K)
-        if i >= 2:  # warm-up
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        for (name, backward), ts in times.items():
+            x, kernels = inputs[backward]
+            op = OPS[name]
+            t = time.perf_counter()
+            if backward:
+                x.grad = kernels.grad = None
+                op(x, kernels, K).backward(grad)
+            else:
+                with torch.no_grad():
+                    op(x, kernels, K)
+            if i >= 2:  # warm-up
+                ts.append(time.perf_counter() - t)
+    return {key: statistics.median(ts) * 1e3 for key, ts in times.items()}
 
 
 def _status_kib(field: str) -> int:
@@ -93,8 +104,9 @@ def peak_memory(name: str, c: int, h: int, w: int, backward: bool) -> float:
     code = f"import sys; sys.path.insert(0, {sys.path[0]!r}); import kernel_modulation as km; km._peak_child({name!r}, {c}, {h}, {w}, {backward})"
     # Small mmap threshold: every tensor is its own mapping, returned to the system when freed,
     # so the resident set follows live memory.
-    env_threads = ["env", f"OMP_NUM_THREADS={torch.get_num_threads()}", "MALLOC_MMAP_THRESHOLD_=65536"]
-    out = subprocess.run([*env_threads, sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak"] / 2**20
 
 
@@ -104,7 +116,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")) or "defaults"
     print(f"torch {torch.__version__}, {args.threads} threads, B={B}, k={K}, float32, median of {args.reps}")
+    print(f"glibc malloc settings: {malloc}; load average before the run: {os.getloadavg()[0]:.2f}")
     header = (
         f"{'C, H, W':>14} | {'fwd ms shift/unfold':>20} {'speed-up':>8} | {'fwd+bwd ms shift/unfold':>24} "
         f"{'speed-up':>8} | {'peak MiB shift/unfold':>22} {'ratio':>6}"
@@ -113,8 +127,8 @@ def main() -> None:
     print("-" * len(header))
     ok = True
     for c, h, w in SIZES:
-        f_s, f_u = time_op("shift", c, h, w, False, args.reps), time_op("unfold", c, h, w, False, args.reps)
-        b_s, b_u = time_op("shift", c, h, w, True, args.reps), time_op("unfold", c, h, w, True, args.reps)
+        t = time_ops(c, h, w, args.reps)
+        f_s, f_u, b_s, b_u = t["shift", False], t["unfold", False], t["shift", True], t["unfold", True]
         m_s, m_u = peak_memory("shift", c, h, w, True), peak_memory("unfold", c, h, w, True)
         speed, mem = b_u / b_s, m_s / m_u
         ok &= speed >= 3 and mem <= 0.5

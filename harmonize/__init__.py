@@ -5,11 +5,13 @@ from ._factory import create_model
 from ._hub import load_state_dict, push_to_hub, save_pretrained
 from ._pretrained import PretrainedCfg
 from ._registry import get_pretrained_cfg, is_model, list_models, list_pretrained, register_model
+from .inference import harmonize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "create_model",
+    "harmonize",
     "list_models",
     "list_pretrained",
     "register_model",

@@ -76,4 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's own module, so errors raised by subcommands are the classes caught here.
+    from harmonize.cli import main as _main
+
+    sys.exit(_main())

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,3 +107,85 @@ def test_memory_backward_saves_only_inputs():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         kernel_modulation(x, kernels, 3).sum().backward()
     assert sum(saved) == x.numel() + kernels.numel()
+
+
+def _grads_vs_oracle(x, kernels, k, rtol=1e-7, atol=1e-7):
+    x = x.clone().requires_grad_(True)
+    kernels = kernels.clone().requires_grad_(True)
+    g = torch.randn_like(x)
+    out = kernel_modulation(x, kernels, k)
+    ref = unfold_reference(x, kernels, k)
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
+    got = torch.autograd.grad(out, (x, kernels), g)
+    want = torch.autograd.grad(ref, (x, kernels), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("hw", [(1, 6), (6, 1), (2, 2), (3, 2), (2, 5), (5, 3), (4, 4), (1, 1)])
+def test_row_edges_of_flat_shifts(k, shared, hw):
+    # Each tap is a flat shift over the H*W plane; the entries that wrap across a row edge
+    # (W = 1 or 2, W or H below k, single rows and columns) must come out as zero padding.
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    kernels = torch.randn(2, (1 if shared else 3) * k * k, *hw, dtype=torch.float64)
+    _grads_vs_oracle(x, kernels, k)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 400, 1000, 2000, 10_000])
+@pytest.mark.parametrize("shared", [False, True])
+def test_blocks_of_planes(monkeypatch, block_bytes, shared):
+    # Planes are processed in cache-sized blocks: single planes, channel slices of one
+    # batch item (with a ragged last slice), and several whole batch items at a time.
+    km = importlib.import_module("harmonize.layers.kernel_modulation")  # the module, not the function
+    monkeypatch.setattr(km, "_BLOCK_BYTES", block_bytes)
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    kernels = torch.randn(3, (1 if shared else 5) * 9, 4, 6, dtype=torch.float64)
+    _grads_vs_oracle(x, kernels, 3)
+
+
+def test_gradient_for_one_input_only():
+    x = torch.randn(2, 3, 5, 6, requires_grad=True)
+    kernels = torch.randn(2, 27, 5, 6, requires_grad=True)
+    g = torch.randn(2, 3, 5, 6)
+    rx, rk = torch.autograd.grad(unfold_reference(x, kernels, 3), (x, kernels), g)
+    (gx,) = torch.autograd.grad(kernel_modulation(x, kernels.detach(), 3), (x,), g)
+    (gk,) = torch.autograd.grad(kernel_modulation(x.detach(), kernels, 3), (kernels,), g)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_gradients():
+    x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
+    kernels = torch.randn(2, 6 * 9, 7, 5).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)  # non-contiguous grad_out
+    a = [t.clone().requires_grad_(True) for t in (x, kernels)]
+    r = [t.contiguous().requires_grad_(True) for t in (x, kernels)]
+    got = torch.autograd.grad(kernel_modulation(*a, 3), a, g)
+    want = torch.autograd.grad(unfold_reference(*r, 3), r, g)
+    for p, q in zip(got, want):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_backward_is_close():
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    kernels = torch.randn(1, 36, 8, 8, requires_grad=True)
+    g = torch.randn(1, 4, 8, 8)
+    rx, rk = torch.autograd.grad(unfold_reference(x, kernels, 3), (x, kernels), g)
+    xb, kb = x.detach().bfloat16().requires_grad_(True), kernels.detach().bfloat16().requires_grad_(True)
+    gx, gk = torch.autograd.grad(kernel_modulation(xb, kb, 3), (xb, kb), g.bfloat16())
+    assert gx.dtype == gk.dtype == torch.bfloat16
+    torch.testing.assert_close(gx.float(), rx, rtol=0.05, atol=0.2)
+    torch.testing.assert_close(gk.float(), rk, rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
+def test_empty_inputs(shape):
+    b, c, h, w = shape
+    x = torch.randn(shape, requires_grad=True)
+    kernels = torch.randn(b, c * 9, h, w, requires_grad=True)
+    out = kernel_modulation(x, kernels, 3)
+    assert out.shape == shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape and kernels.grad.shape == kernels.shape

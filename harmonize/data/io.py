@@ -79,6 +79,9 @@ def mask_to_tensor(img: Image.Image | np.ndarray, threshold: float | None = 0.5)
         if img.mode in ("RGBA", "LA"):
             img = img.convert(img.mode[:-1])
         a = _to_float_array(img)
+        peak = float(a.max(initial=0))
+        if 0 < peak <= 1.0 / 255 + 1e-6 or (img.mode.startswith("I;16") and 0 < peak <= 255.0 / 65535 + 1e-6):
+            a = a / peak  # a 0/1 mask (or 0/255 in a 16-bit file)
     else:
         a = np.asarray(img)
         if a.dtype == np.bool_:
@@ -102,8 +105,44 @@ def mask_to_tensor(img: Image.Image | np.ndarray, threshold: float | None = 0.5)
     return t
 
 
+_PNG16_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+
+
+def _read_png16(path: str | os.PathLike) -> np.ndarray | None:
+    """A 16-bit-per-channel RGB(A) PNG at full precision: (H, W, C) uint16, EXIF applied.
+
+    Pillow decodes these files to 8 bits, keeping the high byte of each value. Its own PNG
+    decoder, told to unpack the low byte instead (raw mode ``RGB;16L``), gives the other
+    half, and the two make the 16-bit values. None for any other file (read as usual).
+    """
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            tile = im.tile[0] if im.format == "PNG" and len(im.tile) == 1 else None
+            if tile is None or tile[3] not in _PNG16_RAWMODES:
+                return None
+            im.load()
+            hi = np.asarray(ImageOps.exif_transpose(im), dtype=np.uint16)
+        with Image.open(p) as im:
+            low_tile = tuple(tile[:3]) + (_PNG16_RAWMODES[tile[3]],)
+            im.tile = [tile._replace(args=low_tile[3]) if hasattr(tile, "_replace") else low_tile]
+            im.load()
+            lo = np.asarray(ImageOps.exif_transpose(im), dtype=np.uint16)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, UnidentifiedImageError):
+        return None  # _open reports these
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{p}: cannot read as an image ({e})") from e
+    return (hi << 8) | lo
+
+
 def load_image(path: str | os.PathLike) -> Tensor:
-    """Read an image file -> (3, H, W) float32 in 0..1 (EXIF orientation applied)."""
+    """Read an image file -> (3, H, W) float32 in 0..1 (EXIF orientation applied).
+
+    16-bit files keep their precision: grey (``I;16``) and RGB(A) PNGs alike.
+    """
+    wide = _read_png16(path)
+    if wide is not None:
+        return image_to_tensor(wide)
     return image_to_tensor(_open(path))
 
 

@@ -39,20 +39,24 @@ def _check(x: Tensor, kernels: Tensor, kernel_size: int) -> tuple[int, bool]:
     )
 
 
+# Maps are processed in blocks of planes of about this many bytes, so that the output and the
+# input that every tap revisits stay in the last-level cache across the k*k taps.
+_BLOCK_BYTES = 4 * 2**20
+
+
 def _taps(kernel_size: int, h: int, w: int) -> list[tuple[int, list[tuple[int, int, int, int]]]]:
-    """The k*k taps as flat shifts over a row-major (H*W) plane, grouped by column offset.
+    """The off-centre taps as flat shifts over a row-major (H*W) plane, grouped by column offset.
 
     Tap ``j = (dy + r) * k + (dx + r)`` reads ``x[y + dy, x + dx]``, which in the flattened plane
     is ``xf[p + s]`` with ``s = dy * w + dx``. Over the one contiguous range ``lo <= p < hi`` where
     ``p + s`` stays in the plane, every read is the right neighbour except in the ``|dx|`` columns
-    whose neighbour falls off the left or right edge and wraps to the previous or next row; the
-    callers fix those columns afterwards. Returns ``[(dx, [(j, s, lo, hi), ...]), ...]`` with the
-    ``dx = 0`` group first and the centre tap left out; taps with no valid position are dropped.
+    whose neighbour falls off the left or right edge and wraps to the previous or next row: the
+    caller puts those right. Returns ``[(dx, [(j, s, lo, hi), ...]), ...]``; taps with no valid
+    position at all (``|dy| >= h`` or ``|dx| >= w``) are left out.
     """
     r = kernel_size // 2
-    hw = h * w
     groups = []
-    for dx in sorted(range(-r, r + 1), key=abs):
+    for dx in range(-r, r + 1):
         if abs(dx) >= w:
             continue
         taps = []
@@ -60,7 +64,7 @@ def _taps(kernel_size: int, h: int, w: int) -> list[tuple[int, list[tuple[int, i
             if (dy, dx) == (0, 0) or abs(dy) >= h:
                 continue
             s = dy * w + dx
-            taps.append(((dy + r) * kernel_size + dx + r, s, max(0, -s), hw - max(0, s)))
+            taps.append(((dy + r) * kernel_size + dx + r, s, max(0, -s), h * w - max(0, s)))
         if taps:
             groups.append((dx, taps))
     return groups
@@ -71,86 +75,102 @@ def _cols(dx: int, w: int) -> slice:
     return slice(w - dx, w) if dx > 0 else slice(0, -dx)
 
 
+def _blocks(b: int, c: int, plane_bytes: int) -> list[tuple[slice, slice]]:
+    """(batch, channel) slices that split the B*C planes into blocks of about ``_BLOCK_BYTES``."""
+    per = max(1, _BLOCK_BYTES // plane_bytes)  # planes per block
+    if per >= c:
+        nb = per // c
+        return [(slice(i, i + nb), slice(None)) for i in range(0, b, nb)]
+    return [(slice(i, i + 1), slice(j, j + per)) for i in range(b) for j in range(0, c, per)]
+
+
+def _accumulate(acc: Tensor, kv: Tensor, src: Tensor, k: int, h: int, w: int, transposed: bool) -> None:
+    """Write the k*k shifted products into ``acc``, all maps flattened to (..., H*W).
+
+    ``transposed=False`` (the forward): ``acc[p] = sum_j kv[j, p] * src[p + s_j]``;
+    ``transposed=True`` (the gradient for x): ``acc[p + s_j] += kv[j, p] * src[p]``.
+    ``kv`` is (..., k*k, H*W). Entries of the columns that a group of taps would reach across a
+    row edge are saved before the group and restored after it.
+    """
+    torch.mul(kv[..., k * k // 2, :], src, out=acc)  # the centre tap covers every pixel
+    acc4 = acc.unflatten(-1, (h, w))
+    for dx, taps in _taps(k, h, w):
+        if dx:
+            cols = _cols(-dx if transposed else dx, w)
+            kept = acc4[..., cols].clone()
+        for j, s, lo, hi in taps:
+            if transposed:
+                acc[..., lo + s : hi + s].addcmul_(kv[..., j, lo:hi], src[..., lo:hi])
+            else:
+                acc[..., lo:hi].addcmul_(kv[..., j, lo:hi], src[..., lo + s : hi + s])
+        if dx:
+            acc4[..., cols] = kept
+
+
+def _modulate(t: Tensor, kernels: Tensor, k: int, shared: bool, transposed: bool) -> Tensor:
+    """:func:`_accumulate` over ``t`` (B, C, H, W), block by block; returns a new (B, C, H, W) map."""
+    b, c, h, w = t.shape
+    kv = kernels.view(b, 1 if shared else c, k * k, h * w)
+    tf = t.view(b, c, h * w)
+    out = torch.empty_like(tf)
+    if out.numel() == 0:
+        return out.view(b, c, h, w)
+    for bs, cs in _blocks(b, c, h * w * t.element_size()):
+        _accumulate(out[bs, cs], kv[bs, :] if shared else kv[bs, cs], tf[bs, cs], k, h, w, transposed)
+    return out.view(b, c, h, w)
+
+
+def _windows(x: Tensor, k: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, k, k, H, W): every k x k zero-padded window, as a view of one padded copy."""
+    b, c, h, w = x.shape
+    r = k // 2
+    xp = x.new_zeros(b, c, h + 2 * r, w + 2 * r)
+    xp[..., r : r + h, r : r + w] = x
+    sb, sc, sy, sx = xp.stride()
+    return xp.as_strided((b, c, k, k, h, w), (sb, sc, sy, sx, sy, sx))
+
+
 class _KernelModulationFn(torch.autograd.Function):
-    """Shift-and-accumulate over the k*k taps, each a flat shift over whole (H*W) planes, so
-    every step is one long contiguous op; no padded or unfolded copy of ``x`` is ever made, in
-    either pass. The few entries a flat shift gets wrong (those that wrap across a row edge)
-    are put right column-wise: saved before and restored after each column-offset group in the
-    accumulations, zeroed in the kernel gradient."""
+    """Shift-and-accumulate over the k*k taps with its own backward; nothing ``k*k`` times the
+    size of ``x`` is made besides the kernel gradient itself.
+
+    The forward and the gradient for ``x`` treat each tap as one flat shift over whole
+    (H*W) planes (long contiguous runs; the few entries that wrap across a row edge are put
+    right per column), in cache-sized blocks of planes. The kernel gradient,
+    ``grad_out * window``, is a single op over a view of all k*k windows of a padded copy
+    of ``x``, written out in order.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, kernels: Tensor, kernel_size: int, shared: bool) -> Tensor:
         x = x.contiguous()
-        b, c, h, w = x.shape
-        kk = kernel_size * kernel_size
-        kv = kernels.view(b, 1 if shared else c, kk, h * w)
-        xf = x.view(b, c, h * w)
-        out = torch.mul(kv[:, :, kk // 2], xf)  # the centre tap covers every pixel
-        out4 = out.view(b, c, h, w)
-        for dx, taps in _taps(kernel_size, h, w):
-            if dx:  # entries in these columns would pick up wrapped neighbours: keep them as they are
-                cols = _cols(dx, w)
-                kept = out4[..., cols].clone()
-            for j, s, lo, hi in taps:
-                out[..., lo:hi].addcmul_(kv[:, :, j, lo:hi], xf[..., lo + s : hi + s])
-            if dx:
-                out4[..., cols] = kept
         ctx.save_for_backward(x, kernels)
         ctx.kernel_size = kernel_size
         ctx.shared = shared
-        return out4
+        return _modulate(x, kernels, kernel_size, shared, transposed=False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, kernels = ctx.saved_tensors
         k, shared = ctx.kernel_size, ctx.shared
-        need_x, need_k = ctx.needs_input_grad[:2]
-        b, c, h, w = x.shape
-        hw, kk = h * w, k * k
-        kv = kernels.view(b, 1 if shared else c, kk, hw)
-        xf = x.view(b, c, hw)
-        g = grad_out.contiguous().view(b, c, hw)
-
-        def kernel_grad(dst: Tensor, gs: Tensor, xs: Tensor) -> None:
-            if shared:
-                torch.sum(gs * xs, dim=1, keepdim=True, out=dst)
-            else:
-                torch.mul(gs, xs, out=dst)
-
+        grad_out = grad_out.contiguous()
         grad_x = grad_k = None
-        if need_x:
-            grad_x = torch.mul(kv[:, :, kk // 2], g)
-            gx4 = grad_x.view(b, c, h, w)
-        if need_k:
-            grad_k = kernels.new_empty(b, 1 if shared else c, kk, hw)
-            gk4 = grad_k.view(b, -1, kk, h, w)
-            kernel_grad(grad_k[:, :, kk // 2], g, xf)
-            done = {kk // 2}
-        for dx, taps in _taps(k, h, w):
-            if need_x and dx:  # wrapped writes land in these columns of grad_x: keep them as they are
-                cols_x = _cols(-dx, w)
-                kept = gx4[..., cols_x].clone()
-            for j, s, lo, hi in taps:
-                gs = g[..., lo:hi]
-                if need_x:
-                    grad_x[..., lo + s : hi + s].addcmul_(kv[:, :, j, lo:hi], gs)
-                if need_k:
-                    gk = grad_k[:, :, j]
-                    kernel_grad(gk[..., lo:hi], gs, xf[..., lo + s : hi + s])
-                    gk[..., :lo].zero_()
-                    gk[..., hi:].zero_()
-                    if dx:
-                        gk4[:, :, j, :, _cols(dx, w)].zero_()
-                    done.add(j)
-            if need_x and dx:
-                gx4[..., cols_x] = kept
-        if need_k:
-            for j in set(range(kk)) - done:  # taps with no valid position at all
-                grad_k[:, :, j].zero_()
+        if ctx.needs_input_grad[1]:
+            b, c, h, w = x.shape
+            windows = _windows(x, k)
+            grad_k = kernels.new_empty(b, 1 if shared else c, k, k, h, w)
+            if shared:
+                for dy in range(k):
+                    for dx in range(k):
+                        prod = grad_out * windows[:, :, dy, dx]
+                        torch.sum(prod, dim=1, keepdim=True, out=grad_k[:, :, dy, dx])
+            else:
+                torch.mul(grad_out[:, :, None, None], windows, out=grad_k)
+            del windows
             grad_k = grad_k.view(kernels.shape)
-        if need_x:
-            grad_x = gx4
+        if ctx.needs_input_grad[0]:
+            grad_x = _modulate(grad_out, kernels, k, shared, transposed=True)
         return grad_x, grad_k, None, None
 
 
