@@ -106,19 +106,24 @@ def peak_memory(name: str, c: int, h: int, w: int, backward: bool) -> float:
     # so the resident set follows live memory.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak"] / 2**20
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")) or "defaults"
-    print(f"torch {torch.__version__}, {args.threads} threads, B={B}, k={K}, float32, median of {args.reps}")
-    print(f"glibc malloc settings: {malloc}; load average before the run: {os.getloadavg()[0]:.2f}")
+    malloc = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+    print(f"torch {torch.__version__}, {args.threads} threads, B={B}, k={K}, float32")
+    print(f"median of {args.reps} rounds; load average before the run: {os.getloadavg()[0]:.2f}")
+    print(f"glibc malloc settings: {' '.join(malloc) or 'defaults'}")
     header = (
         f"{'C, H, W':>14} | {'fwd ms shift/unfold':>20} {'speed-up':>8} | {'fwd+bwd ms shift/unfold':>24} "
         f"{'speed-up':>8} | {'peak MiB shift/unfold':>22} {'ratio':>6}"
@@ -128,7 +133,7 @@ def main() -> None:
     ok = True
     for c, h, w in SIZES:
         t = time_ops(c, h, w, args.reps)
-        f_s, f_u, b_s, b_u = t["shift", False], t["unfold", False], t["shift", True], t["unfold", True]
+        (f_s, b_s), (f_u, b_u) = [(t[name, False], t[name, True]) for name in ("shift", "unfold")]
         m_s, m_u = peak_memory("shift", c, h, w, True), peak_memory("unfold", c, h, w, True)
         speed, mem = b_u / b_s, m_s / m_u
         ok &= speed >= 3 and mem <= 0.5

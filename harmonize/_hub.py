@@ -94,6 +94,9 @@ def _atomic_write_bytes(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; published files are readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -167,7 +170,8 @@ def save_pretrained(
     """Write the Hub layout: ``config.json``, ``model.safetensors``, ``README.md``.
 
     Each file is written to a temporary name and renamed, so a crash never leaves a
-    half-written file. ``half=True`` stores floating-point tensors as float16.
+    half-written file. ``half=True`` stores the parameters as float16 (buffers, such as
+    normalisation statistics, stay float32).
 
     Returns:
         The folder written.
@@ -175,11 +179,12 @@ def save_pretrained(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     config = _model_config(model)
+    params = {k for k, _ in model.named_parameters()}
     sd = {}
     for k, v in model.state_dict().items():
         v = v.detach().to("cpu")
-        if half and v.is_floating_point():
-            v = v.half()
+        if half and k in params and v.is_floating_point():
+            v = v.half()  # buffers (normalisation statistics) stay float32: they may exceed float16's range
         sd[k] = v.contiguous().clone()
     _atomic_write_bytes(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=False) + "\n"
@@ -220,8 +225,9 @@ def load_config(source: str, revision: str | None = None) -> tuple[dict[str, Any
     Returns:
         (config, path of the weights file next to it)
     """
-    p = Path(source)
+    p = Path(source).expanduser()
     if p.is_dir():
+        p = p.resolve()
         cfg_path = p / CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{p}: no {CONFIG_NAME} (not a save_pretrained folder)")

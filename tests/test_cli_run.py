@@ -214,10 +214,9 @@ def test_writes_are_atomic(tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_model_without_weights_is_a_clear_error(tmp_path, capsys) -> None:
-    if harmonize.list_pretrained("gknet.*"):
-        pytest.skip("gknet has pretrained weights now")
+    assert not harmonize.list_pretrained("hdnet.*")  # HDNet has no weights yet
     ip, mp = _write(tmp_path)
-    rc, _, err = _run(capsys, str(ip), str(mp), "-o", str(tmp_path / "o.png"), "--quiet")
+    rc, _, err = _run(capsys, str(ip), str(mp), "-o", str(tmp_path / "o.png"), "--model", "hdnet", "--quiet")
     assert rc == 2 and "no pretrained weights" in _one_line_error(err)
     assert not (tmp_path / "o.png").exists()
 
@@ -295,10 +294,16 @@ def test_demo_writes_grid_and_metrics(tmp_path, capsys) -> None:
     assert main(["demo", "--model", "reinhard", "-o", str(tmp_path / "demo")]) == 0, "re-running replaces its files"
 
 
-def test_demo_default_model_needs_weights(tmp_path, capsys) -> None:
-    if harmonize.list_pretrained("gknet.*"):
-        pytest.skip("gknet has pretrained weights now")
-    rc = main(["demo", "-o", str(tmp_path / "demo")])
+def test_demo_with_a_model_without_weights_is_a_clear_error(tmp_path, capsys) -> None:
+    rc = main(["demo", "--model", "hdnet", "-o", str(tmp_path / "demo")])
     err = capsys.readouterr().err
-    assert rc == 2 and "gknet has no pretrained weights" in err and "Traceback" not in err
+    assert rc == 2 and "hdnet has no pretrained weights" in err and "Traceback" not in err
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_default_is_the_pretrained_gknet(tmp_path, capsys) -> None:
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
+    metrics = json.loads((tmp_path / "demo" / "demo_metrics.json").read_text())
+    out = capsys.readouterr().out
+    assert "gknet" in out and (tmp_path / "demo" / "demo_grid.png").is_file()
+    assert metrics["model"] == "gknet" and metrics["mean"]["fmse"] < metrics["mean"]["composite_fmse"]

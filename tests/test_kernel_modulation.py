@@ -6,6 +6,16 @@ import torch.nn.functional as F
 
 from harmonize.layers import KernelModulation, kernel_modulation
 
+km = importlib.import_module("harmonize.layers.kernel_modulation")  # the module, not the function
+
+
+@pytest.fixture(autouse=True, params=["shifted", "windowed"])
+def forward_path(request, monkeypatch):
+    """Run every test with both forwards (one flat-shift op per tap, taken for large planes,
+    and all taps at once, taken for small ones), whatever the plane size."""
+    monkeypatch.setattr(km, "_SMALL_PLANE", -1 if request.param == "shifted" else 2**62)
+    return request.param
+
 
 def unfold_reference(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """The oracle: build the unfolded copy and take the weighted sum."""
@@ -21,7 +31,9 @@ def unfold_reference(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Te
 def test_matches_unfold_oracle(k, shared, hw):
     x = torch.randn(2, 5, *hw)
     kernels = torch.randn(2, (1 if shared else 5) * k * k, *hw)
-    torch.testing.assert_close(kernel_modulation(x, kernels, k), unfold_reference(x, kernels, k), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        kernel_modulation(x, kernels, k), unfold_reference(x, kernels, k), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_offset_convention():
@@ -47,7 +59,9 @@ def test_identity_kernels():
 @pytest.mark.parametrize("shared", [False, True])
 def test_gradcheck_float64(shared):
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
-    kernels = torch.randn(2, (1 if shared else 3) * 9, 5, 6, dtype=torch.float64, requires_grad=True)
+    kernels = torch.randn(
+        2, (1 if shared else 3) * 9, 5, 6, dtype=torch.float64, requires_grad=True
+    )
     assert torch.autograd.gradcheck(lambda a, b: kernel_modulation(a, b, 3), (x, kernels))
 
 
@@ -65,9 +79,13 @@ def test_non_contiguous_inputs():
     x = torch.randn(2, 6, 8, 10).transpose(2, 3)  # (2, 6, 10, 8), non-contiguous
     kernels = torch.randn(2, 10, 8, 6 * 9).permute(0, 3, 1, 2)  # non-contiguous
     assert not x.is_contiguous() and not kernels.is_contiguous()
-    torch.testing.assert_close(kernel_modulation(x, kernels), unfold_reference(x, kernels.contiguous(), 3))
+    torch.testing.assert_close(
+        kernel_modulation(x, kernels), unfold_reference(x, kernels.contiguous(), 3)
+    )
     xc = x.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(kernel_modulation(xc, kernels), unfold_reference(x, kernels.contiguous(), 3))
+    torch.testing.assert_close(
+        kernel_modulation(xc, kernels), unfold_reference(x, kernels.contiguous(), 3)
+    )
 
 
 def test_module_equals_function():
@@ -104,7 +122,9 @@ def test_memory_backward_saves_only_inputs():
     x = torch.randn(1, 8, 16, 16, requires_grad=True)
     kernels = torch.randn(1, 8 * 9, 16, 16, requires_grad=True)
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.numel()) or t, lambda t: t
+    ):
         kernel_modulation(x, kernels, 3).sum().backward()
     assert sum(saved) == x.numel() + kernels.numel()
 
@@ -133,13 +153,15 @@ def test_row_edges_of_flat_shifts(k, shared, hw):
     _grads_vs_oracle(x, kernels, k)
 
 
-@pytest.mark.parametrize("block_bytes", [1, 400, 1000, 2000, 10_000])
+@pytest.mark.parametrize("planes", [1, 2, 3, 5, 10, 100])
 @pytest.mark.parametrize("shared", [False, True])
-def test_blocks_of_planes(monkeypatch, block_bytes, shared):
+def test_blocks_of_planes(monkeypatch, forward_path, planes, shared):
     # Planes are processed in cache-sized blocks: single planes, channel slices of one
-    # batch item (with a ragged last slice), and several whole batch items at a time.
-    km = importlib.import_module("harmonize.layers.kernel_modulation")  # the module, not the function
-    monkeypatch.setattr(km, "_BLOCK_BYTES", block_bytes)
+    # batch item (with a ragged last slice), and several whole batch items at a time
+    # (with a ragged last block).
+    plane = 4 * 6 * 8  # bytes of one float64 plane
+    windowed = forward_path == "windowed"
+    monkeypatch.setattr(km, "_BLOCK_BYTES", planes * plane * (9 if windowed else 1))
     x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
     kernels = torch.randn(3, (1 if shared else 5) * 9, 4, 6, dtype=torch.float64)
     _grads_vs_oracle(x, kernels, 3)
@@ -159,7 +181,9 @@ def test_gradient_for_one_input_only():
 def test_channels_last_gradients():
     x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
     kernels = torch.randn(2, 6 * 9, 7, 5).contiguous(memory_format=torch.channels_last)
-    g = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)  # non-contiguous grad_out
+    g = torch.randn(2, 6, 7, 5).contiguous(
+        memory_format=torch.channels_last
+    )  # non-contiguous grad_out
     a = [t.clone().requires_grad_(True) for t in (x, kernels)]
     r = [t.contiguous().requires_grad_(True) for t in (x, kernels)]
     got = torch.autograd.grad(kernel_modulation(*a, 3), a, g)
@@ -173,7 +197,10 @@ def test_bfloat16_backward_is_close():
     kernels = torch.randn(1, 36, 8, 8, requires_grad=True)
     g = torch.randn(1, 4, 8, 8)
     rx, rk = torch.autograd.grad(unfold_reference(x, kernels, 3), (x, kernels), g)
-    xb, kb = x.detach().bfloat16().requires_grad_(True), kernels.detach().bfloat16().requires_grad_(True)
+    xb, kb = (
+        x.detach().bfloat16().requires_grad_(True),
+        kernels.detach().bfloat16().requires_grad_(True),
+    )
     gx, gk = torch.autograd.grad(kernel_modulation(xb, kb, 3), (xb, kb), g.bfloat16())
     assert gx.dtype == gk.dtype == torch.bfloat16
     torch.testing.assert_close(gx.float(), rx, rtol=0.05, atol=0.2)

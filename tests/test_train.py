@@ -11,7 +11,12 @@ from torch.utils.data import DataLoader
 
 import harmonize
 from harmonize.cli import main as cli
-from harmonize.data import IHarmony4Dataset, PairedRandomResizedCrop, PairedResize, SyntheticCompositeDataset
+from harmonize.data import (
+    IHarmony4Dataset,
+    PairedRandomResizedCrop,
+    PairedResize,
+    SyntheticCompositeDataset,
+)
 from harmonize.losses import ForegroundMSELoss, foreground_mse_loss
 from harmonize.train import ResumableSampler, TrainConfig, Trainer, TrainingDiverged
 from harmonize.train.cli import build_and_train
@@ -55,7 +60,7 @@ def test_loss_falls_on_real_data(labelme, tmp_path):
     ev = IHarmony4Dataset(labelme, split="test", transform=PairedResize(SIZE))
     ev.triplets = ev.triplets[:16]
     loader = DataLoader(ev, batch_size=8)
-    trainer = _trainer(labelme, tmp_path, steps=40, eval_loader=loader, ema=0.0, n=64)
+    trainer = _trainer(labelme, tmp_path, steps=60, eval_loader=loader, ema=0.0, n=64)
 
     def eval_loss():
         trainer.model.eval()
@@ -65,10 +70,10 @@ def test_loss_falls_on_real_data(labelme, tmp_path):
     before = eval_loss()
     result = trainer.fit()
     after = eval_loss()
-    assert after < 0.85 * before, (before, after)
+    assert after < 0.85 * before, (before, after)  # the untrained model returns the composite
     assert result["overall"]["count"] == 16 and result["overall"]["fmse"] > 0
     rows = (tmp_path / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("step,loss,lr,images_per_s") and len(rows) == 41
+    assert rows[0].startswith("step,loss,lr,images_per_s") and len(rows) == 61
     assert (tmp_path / "eval.jsonl").read_text().count("\n") == 1
 
 

@@ -45,6 +45,9 @@ def main() -> None:
         half_model = harmonize.create_model(f"local-dir:{tmp}", pretrained=True).eval()
         half = score(half_model, args.data, "iharmony4")
     print(json.dumps({"fp32": full, "fp16_iharmony4": half["overall"]}, indent=2))
+    drift = abs(half["overall"]["fmse"] - full["iharmony4"]["fmse"]) / full["iharmony4"]["fmse"]
+    if not drift < 0.01:
+        raise SystemExit(f"float16 storage moves the fMSE by {drift:.2%}: not publishing")
     ov = half["overall"]
     model.pretrained_cfg = harmonize.PretrainedCfg(
         architecture=model.architecture,

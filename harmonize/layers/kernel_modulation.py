@@ -22,7 +22,9 @@ def _check(x: Tensor, kernels: Tensor, kernel_size: int) -> tuple[int, bool]:
     if x.dim() != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     if kernels.dim() != 4:
-        raise ValueError(f"kernels must be (B, C*k*k, H, W) or (B, k*k, H, W), got shape {tuple(kernels.shape)}")
+        raise ValueError(
+            f"kernels must be (B, C*k*k, H, W) or (B, k*k, H, W), got shape {tuple(kernels.shape)}"
+        )
     b, c, h, w = x.shape
     kk = kernel_size * kernel_size
     if kernels.shape[0] != b or kernels.shape[2:] != x.shape[2:]:
@@ -39,9 +41,12 @@ def _check(x: Tensor, kernels: Tensor, kernel_size: int) -> tuple[int, bool]:
     )
 
 
-# Maps are processed in blocks of planes of about this many bytes, so that the output and the
-# input that every tap revisits stay in the last-level cache across the k*k taps.
+# Maps are processed in blocks of planes of about this many bytes, so that what the ops of a
+# block revisit stays in the last-level cache: the output and the input that each tap reads
+# again, or the k*k-tap temporary of the windowed forward.
 _BLOCK_BYTES = 4 * 2**20
+# The forward over planes of up to this many pixels takes the windowed path (see _modulate).
+_SMALL_PLANE = 32 * 32
 
 
 def _taps(kernel_size: int, h: int, w: int) -> list[tuple[int, list[tuple[int, int, int, int]]]]:
@@ -76,7 +81,8 @@ def _cols(dx: int, w: int) -> slice:
 
 
 def _blocks(b: int, c: int, plane_bytes: int) -> list[tuple[slice, slice]]:
-    """(batch, channel) slices that split the B*C planes into blocks of about ``_BLOCK_BYTES``."""
+    """(batch, channel) slices that split the B*C planes into blocks of about ``_BLOCK_BYTES``
+    (``plane_bytes`` each); the first block is the largest."""
     per = max(1, _BLOCK_BYTES // plane_bytes)  # planes per block
     if per >= c:
         nb = per // c
@@ -84,8 +90,10 @@ def _blocks(b: int, c: int, plane_bytes: int) -> list[tuple[slice, slice]]:
     return [(slice(i, i + 1), slice(j, j + per)) for i in range(b) for j in range(0, c, per)]
 
 
-def _accumulate(acc: Tensor, kv: Tensor, src: Tensor, k: int, h: int, w: int, transposed: bool) -> None:
-    """Write the k*k shifted products into ``acc``, all maps flattened to (..., H*W).
+def _accumulate(
+    acc: Tensor, kv: Tensor, src: Tensor, k: int, h: int, w: int, transposed: bool
+) -> None:
+    """Sum the k*k shifted products into ``acc``, all maps flattened to (..., H*W).
 
     ``transposed=False`` (the forward): ``acc[p] = sum_j kv[j, p] * src[p + s_j]``;
     ``transposed=True`` (the gradient for x): ``acc[p + s_j] += kv[j, p] * src[p]``.
@@ -108,20 +116,46 @@ def _accumulate(acc: Tensor, kv: Tensor, src: Tensor, k: int, h: int, w: int, tr
 
 
 def _modulate(t: Tensor, kernels: Tensor, k: int, shared: bool, transposed: bool) -> Tensor:
-    """:func:`_accumulate` over ``t`` (B, C, H, W), block by block; returns a new (B, C, H, W) map."""
+    """The filter over ``t`` (B, C, H, W) as a new (B, C, H, W) map; see :func:`_accumulate`.
+
+    One flat-shift op per tap, block by block; except the forward over small planes, where
+    those ops would read each tap's kernels in short strided runs: it takes
+    :func:`_modulate_windowed`, which reads them in order.
+    """
     b, c, h, w = t.shape
+    if t.numel() == 0:
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+    if not transposed and h * w <= _SMALL_PLANE:
+        return _modulate_windowed(t, kernels, k, shared)
     kv = kernels.view(b, 1 if shared else c, k * k, h * w)
     tf = t.view(b, c, h * w)
     out = torch.empty_like(tf)
-    if out.numel() == 0:
-        return out.view(b, c, h, w)
     for bs, cs in _blocks(b, c, h * w * t.element_size()):
-        _accumulate(out[bs, cs], kv[bs, :] if shared else kv[bs, cs], tf[bs, cs], k, h, w, transposed)
+        _accumulate(
+            out[bs, cs], kv[bs, :] if shared else kv[bs, cs], tf[bs, cs], k, h, w, transposed
+        )
     return out.view(b, c, h, w)
 
 
+def _modulate_windowed(x: Tensor, kernels: Tensor, k: int, shared: bool) -> Tensor:
+    """The forward as two ops per block of planes: the products for all k*k taps at once,
+    ``kernels * windows of x``, into a temporary, then their sum over the taps."""
+    b, c, h, w = x.shape
+    kv = kernels.view(b, 1 if shared else c, k, k, h, w)
+    windows = _windows(x, k)
+    out = x.new_empty(b, c, h, w)
+    blocks = _blocks(b, c, k * k * h * w * x.element_size())
+    tmp = x.new_empty(*out[blocks[0]].shape[:2], k, k, h, w)
+    for bs, cs in blocks:
+        o = out[bs, cs]
+        prod = tmp[: o.shape[0], : o.shape[1]]
+        torch.mul(kv[bs, :] if shared else kv[bs, cs], windows[bs, cs], out=prod)
+        torch.sum(prod, dim=(2, 3), out=o)
+    return out
+
+
 def _windows(x: Tensor, k: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, k, k, H, W): every k x k zero-padded window, as a view of one padded copy."""
+    """(B, C, H, W) -> (B, C, k, k, H, W): every zero-padded k x k window, as views of one copy."""
     b, c, h, w = x.shape
     r = k // 2
     xp = x.new_zeros(b, c, h + 2 * r, w + 2 * r)
@@ -136,9 +170,9 @@ class _KernelModulationFn(torch.autograd.Function):
 
     The forward and the gradient for ``x`` treat each tap as one flat shift over whole
     (H*W) planes (long contiguous runs; the few entries that wrap across a row edge are put
-    right per column), in cache-sized blocks of planes. The kernel gradient,
-    ``grad_out * window``, is a single op over a view of all k*k windows of a padded copy
-    of ``x``, written out in order.
+    right per column), in cache-sized blocks of planes; the forward over small planes
+    multiplies all taps at once instead. The kernel gradient, ``grad_out * window``, is a
+    single op over a view of all k*k windows of a padded copy of ``x``, written out in order.
     """
 
     @staticmethod
