@@ -159,3 +159,13 @@ def test_spatial_separated_attention():
     assert not torch.equal(att(x, m), x)
     mm = masked_mean(x, torch.ones(2, 1, 6, 6))
     torch.testing.assert_close(mm, x.mean((2, 3)))
+
+
+def test_kpb_softmax_kernels_sum_to_one():
+    kpb = KernelPredictionBlock(8, 6, 8, kernel_chs=5, kernel_size=3, groups=4, kernel_norm="softmax")
+    kernels, _ = kpb(torch.randn(2, 6, 8, 8), torch.randn(2, 8, 4, 4))
+    sums = kernels.view(2, 5, 9, 8, 8).sum(2)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    assert kernels.view(2, 5, 9, 8, 8)[:, :, 4].min() > 0.8  # starts near the identity
+    with pytest.raises(ValueError, match="kernel_norm"):
+        KernelPredictionBlock(8, 6, 8, 5, kernel_norm="l1")

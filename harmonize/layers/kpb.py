@@ -44,6 +44,9 @@ class KernelPredictionBlock(nn.Module):
         use_scf: fuse with SCF (True) or a plain sum (False).
         groups: SCF groups ``n``.
         corr_kernel_size: SCF's ``N``.
+        kernel_norm: ``"none"`` (free kernels, the paper says nothing more) or ``"softmax"``
+            (each kernel's taps sum to 1, so modulation cannot amplify features; the head then
+            starts near the identity: centre weight 0.87 for k=3).
 
     Shape:
         skip: (B, skip_chs, H, W), deep: (B, in_chs, h, w)
@@ -60,9 +63,12 @@ class KernelPredictionBlock(nn.Module):
         use_scf: bool = True,
         groups: int = 8,
         corr_kernel_size: int = 3,
+        kernel_norm: str = "none",
     ) -> None:
         super().__init__()
-        self.kernel_chs, self.kernel_size = kernel_chs, kernel_size
+        if kernel_norm not in ("none", "softmax"):
+            raise ValueError(f"kernel_norm must be 'none' or 'softmax', got {kernel_norm!r}")
+        self.kernel_chs, self.kernel_size, self.kernel_norm = kernel_chs, kernel_size, kernel_norm
         if use_scf:
             self.fuse = SelectiveCorrelationFusion(in_chs, skip_chs, out_chs, groups, corr_kernel_size)
         else:
@@ -77,9 +83,14 @@ class KernelPredictionBlock(nn.Module):
         nn.init.normal_(self.kernel_head.weight, std=1e-3)
         with torch.no_grad():
             bias = torch.zeros(self.kernel_chs, kk)
-            bias[:, kk // 2] = 1.0
+            bias[:, kk // 2] = 1.0 if self.kernel_norm == "none" else 4.0
             self.kernel_head.bias.copy_(bias.flatten())
 
     def forward(self, skip: Tensor, deep: Tensor) -> tuple[Tensor, Tensor]:
         feat = self.refine(self.fuse(deep, skip))
-        return self.kernel_head(feat), feat
+        kernels = self.kernel_head(feat)
+        if self.kernel_norm == "softmax":
+            b, _, h, w = kernels.shape
+            kk = self.kernel_size * self.kernel_size
+            kernels = kernels.view(b, self.kernel_chs, kk, h, w).softmax(dim=2).view(b, -1, h, w)
+        return kernels, feat

@@ -82,6 +82,8 @@ class GKNet(nn.Module):
             deepest encoder feature itself).
         use_scf: fuse in each KPB by SCF (off: a plain sum of the two projected inputs).
         attention: mask-guided attention blocks in the decoder (the paper's U-Net has them).
+        kernel_norm: ``"none"`` (free harmony kernels) or ``"softmax"`` over each kernel's taps
+            (see :class:`~harmonize.layers.KernelPredictionBlock`).
 
     Shape:
         image: (B, 3, H, W) in 0..1; mask: (B, 1, H, W) in {0, 1} -> (B, 3, H, W).
@@ -104,6 +106,7 @@ class GKNet(nn.Module):
         use_lre: bool = True,
         use_scf: bool = True,
         attention: bool = True,
+        kernel_norm: str = "none",
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -137,7 +140,8 @@ class GKNet(nn.Module):
             in_chs = dec[level - 1] if level > 0 else widths[4]
             kpbs.append(
                 KernelPredictionBlock(
-                    in_chs, dec[level], dec[level], dec[level], kernel_size, use_scf, scf_groups, scf_kernel_size
+                    in_chs, dec[level], dec[level], dec[level], kernel_size, use_scf, scf_groups, scf_kernel_size,
+                    kernel_norm,
                 )
             )
         self.kpb = nn.ModuleList(kpbs)
