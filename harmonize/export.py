@@ -94,23 +94,14 @@ def _local_dynamic_unchunked(
     value_feat: Tensor | None = None,
 ) -> Tensor:
     """:func:`harmonize.layers.local_dynamic` with every query position matched at once."""
-    from .layers.local_dynamic import foreground_positions
+    from .layers.local_dynamic import _flatten_features, _match, foreground_positions
 
     value_feat = key_feat if value_feat is None else value_feat
     b, _, h, w = query_feat.shape
-    cv = value_feat.shape[1]
     fg = foreground_positions(mask, (h, w)).flatten(1)  # (B, N)
-    bg = ~fg
-    q = query_feat.flatten(2).transpose(1, 2)  # (B, N, C)
-    k = key_feat.to(query_feat.dtype).flatten(2)  # (B, C, N)
-    v = value_feat.flatten(2).transpose(1, 2)  # (B, N, Cv)
-    sim = torch.bmm(q, k).masked_fill(fg[:, None, :], float("-inf"))
-    idx = sim.topk(top_k, dim=-1).indices.flatten(1)  # (B, N * K)
-    valid = bg.gather(1, idx).view(b, -1, top_k, 1).to(v.dtype)
-    gathered = v.gather(1, idx[..., None].expand(-1, -1, cv)).view(b, -1, top_k, cv)
-    matched = (gathered * valid).sum(2) / valid.sum(2).clamp_min(1)
+    matched = _match(*_flatten_features(query_feat, key_feat, value_feat), fg, top_k)
     matched = torch.where(fg[..., None], matched, torch.zeros((), dtype=matched.dtype, device=matched.device))
-    return matched.transpose(1, 2).reshape(b, cv, h, w)
+    return matched.transpose(1, 2).reshape(b, -1, h, w)
 
 
 @contextlib.contextmanager

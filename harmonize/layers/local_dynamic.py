@@ -71,6 +71,30 @@ def _check(
         )
 
 
+def _flatten_features(query_feat: Tensor, key_feat: Tensor, value_feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, N, C) queries, (B, C, N) keys in the queries' dtype, (B, N, Cv) values."""
+    q = query_feat.flatten(2).transpose(1, 2)
+    k = key_feat.to(query_feat.dtype).flatten(2)
+    v = value_feat.flatten(2).transpose(1, 2)
+    return q, k, v
+
+
+def _match(q: Tensor, k: Tensor, v: Tensor, fg: Tensor, top_k: int) -> Tensor:
+    """For each query, the mean value of its ``top_k`` best-matching background keys.
+
+    Shape:
+        q (B, m, C), k (B, C, N), v (B, N, Cv), fg (B, N) foreground keys -> (B, m, Cv)
+    """
+    b, m, _ = q.shape
+    cv = v.shape[-1]
+    sim = torch.bmm(q, k).masked_fill(fg[:, None, :], float("-inf"))  # foreground keys cannot be chosen
+    idx = sim.topk(top_k, dim=-1).indices.flatten(1)  # (B, m * top_k)
+    # A selected key that is not background (fewer than top_k of them) does not count.
+    valid = (~fg).gather(1, idx).view(b, m, top_k, 1).to(v.dtype)
+    gathered = v.gather(1, idx[..., None].expand(-1, -1, cv)).view(b, m, top_k, cv)
+    return (gathered * valid).sum(2) / valid.sum(2).clamp_min(1)
+
+
 def local_dynamic(
     query_feat: Tensor,
     key_feat: Tensor,
@@ -123,28 +147,10 @@ def local_dynamic(
     cv = value_feat.shape[1]
     n = h * w
     fg = foreground_positions(mask, (h, w)).flatten(1)  # (B, N)
-    bg = ~fg
-    key_feat = key_feat.to(query_feat.dtype)
-    q = query_feat.flatten(2).transpose(1, 2)  # (B, N, C)
-    k = key_feat.flatten(2)  # (B, C, N)
-    v = value_feat.flatten(2).transpose(1, 2)  # (B, N, Cv)
+    q, k, v = _flatten_features(query_feat, key_feat, value_feat)
     kk = min(top_k, n)
-    not_bg = fg[:, None, :]  # (B, 1, N): keys that may not be selected
-    chunks = []
-    for start in range(0, n, chunk_size):
-        sim = torch.bmm(q[:, start : start + chunk_size], k)  # (B, m, N)
-        m = sim.shape[1]
-        sim = sim.masked_fill(not_bg, float("-inf"))
-        idx = sim.topk(kk, dim=-1).indices.flatten(1)  # (B, m * kk)
-        # A selected key that is not background (fewer than kk of them) does not count.
-        valid = bg.gather(1, idx).view(b, m, kk, 1).to(v.dtype)
-        gathered = v.gather(1, idx[..., None].expand(-1, -1, cv)).view(b, m, kk, cv)
-        count = valid.sum(2).clamp_min(1)
-        chunks.append((gathered * valid).sum(2) / count)  # (B, m, Cv)
-    matched = torch.cat(chunks, dim=1)
-    matched = torch.where(
-        fg[..., None], matched, torch.zeros((), dtype=matched.dtype, device=matched.device)
-    )
+    matched = torch.cat([_match(q[:, s : s + chunk_size], k, v, fg, kk) for s in range(0, n, chunk_size)], dim=1)
+    matched = torch.where(fg[..., None], matched, torch.zeros((), dtype=matched.dtype, device=matched.device))
     return matched.transpose(1, 2).reshape(b, cv, h, w)
 
 
