@@ -20,6 +20,7 @@ from harmonize.data import (
 from harmonize.losses import ForegroundMSELoss, foreground_mse_loss
 from harmonize.train import ResumableSampler, TrainConfig, Trainer, TrainingDiverged
 from harmonize.train.cli import build_and_train
+from harmonize.train.trainer import lr_lambda
 
 SIZE = 48
 
@@ -128,6 +129,27 @@ def test_resume_mid_epoch_is_exact(labelme, tmp_path):
     resumed.fit()
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_stop_at_keeps_the_full_schedule_and_resumes_to_the_full_run(labelme, tmp_path):
+    full = _trainer(labelme, tmp_path / "full", steps=10)
+    full.fit()
+    part = _trainer(labelme, tmp_path / "part", steps=10)
+    part.config.stop_at = 5
+    part.fit()
+    assert part.step == 5
+    # the logged (next) learning rate is where the 10-step cosine puts it, not a 5-step one's end
+    lr = float((tmp_path / "part" / "log.csv").read_text().splitlines()[-1].split(",")[2])
+    assert lr == pytest.approx(2e-3 * lr_lambda(part.config)(5)) and lr > 2 * 2e-3 * 0.01
+    rest = _trainer(labelme, tmp_path / "part", steps=10)
+    rest.load_checkpoint(tmp_path / "part" / "last.pt")
+    rest.fit()
+    for (k, a), b in zip(full.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    bad = _trainer(labelme, tmp_path / "bad", steps=10)
+    bad.config.stop_at = 11
+    with pytest.raises(ValueError, match="stop_at must be between 0 and steps"):
+        bad.fit()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(labelme, tmp_path):

@@ -1,7 +1,7 @@
 """Turn a training run into a shipped pretrained tag: score it, write the Hub folder.
 
     python tools/publish_weights.py runs/gknet_small_b/final harmonize/weights/gknet_small.labelme \
-        --data ../shared/data/labelme-harmony --recipe "..." --hardware "..." --hours 2.1
+        --data ../shared/data/labelme-harmony --recipe "..." --hardware "..." --hours 2.1 --steps 3300
 
 Scores the weights on the test list (iHarmony4 protocol and the iSSAM convention), checks that
 float16 storage keeps the scores, and writes `config.json`, `model.safetensors` (float16) and the
@@ -16,10 +16,9 @@ import json
 import tempfile
 
 import harmonize
+from harmonize._registry import get_pretrained_cfg
 from harmonize.data import IHarmony4Dataset
 from harmonize.evaluate import evaluate
-
-PAPER = "Learning Global-aware Kernel for Image Harmonization (Shen et al., ICCV 2023)"
 
 
 def score(model, data: str, preset: str) -> dict:
@@ -37,8 +36,13 @@ def main() -> None:
     p.add_argument("--hardware", required=True)
     p.add_argument("--hours", type=float, required=True)
     p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--tag", default="labelme", help="pretrained tag the folder is for")
+    p.add_argument("--name", help="the name the model card's command uses (default: ARCH.TAG)")
     args = p.parse_args()
     model = harmonize.create_model(f"local-dir:{args.run_final}", pretrained=True).eval()
+    arch = model.architecture
+    known = get_pretrained_cfg(f"{arch}.untrained") or get_pretrained_cfg(arch)
+    composite = score(harmonize.create_model("composite"), args.data, "iharmony4")["overall"]
     full = {k: score(model, args.data, k)["overall"] for k in ("iharmony4", "issam")}
     with tempfile.TemporaryDirectory() as tmp:
         harmonize.save_pretrained(model, tmp, half=True)
@@ -50,11 +54,12 @@ def main() -> None:
         raise SystemExit(f"float16 storage moves the fMSE by {drift:.2%}: not publishing")
     ov = half["overall"]
     model.pretrained_cfg = harmonize.PretrainedCfg(
-        architecture=model.architecture,
-        tag="labelme",
+        architecture=arch,
+        tag=args.tag,
+        model_args=dict(model.model_args),
         license="apache-2.0",
-        paper=PAPER,
-        paper_url="https://arxiv.org/abs/2305.11676",
+        paper=known.paper if known else None,
+        paper_url=known.paper_url if known else None,
         trained_on="LabelMe-Harmony train list (1402 photos, 256x256) with composites made on the fly "
         "(Lab / RGB / histogram colour transfer and photographic retouch), 30% listed composites",
         recipe=args.recipe,
@@ -66,12 +71,15 @@ def main() -> None:
             "LabelMe test fMSE by foreground ratio 0-5% / 5-15% / 15-100%": " / ".join(
                 f"{half['fg_ratio'][b]['fmse']:.1f}" for b in ("0-5%", "5-15%", "15-100%") if b in half["fg_ratio"]
             ),
-            "composite (input) fMSE / MSE / PSNR on the same list": "1767.59 / 400.19 / 25.05",
+            "composite (input) fMSE / MSE / PSNR on the same list": (
+                f"{composite['fmse']:.2f} / {composite['mse']:.2f} / {composite['psnr']:.2f}"
+            ),
             "iSSAM convention (bilinear, PSNR peak = target max): fMSE / MSE / PSNR": (
                 f"{full['issam']['fmse']:.2f} / {full['issam']['mse']:.2f} / {full['issam']['psnr']:.2f}"
             ),
         },
-        notes="Measured with `harmonize evaluate gknet --data ../shared/data/labelme-harmony --preset iharmony4`. "
+        notes=f"Measured with `harmonize evaluate {args.name or f'{arch}.{args.tag}'} "
+        "--data ../shared/data/labelme-harmony --preset iharmony4`. "
         "Trained on a small dataset of outdoor photos: expect weaker results on other kinds of images.",
     )
     harmonize.save_pretrained(model, args.out, half=True)

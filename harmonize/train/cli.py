@@ -46,6 +46,7 @@ _DEFAULTS: dict[str, Any] = {
     "size": 256,
     "batch_size": 16,
     "steps": 1000,
+    "stop_at": 0,
     "lr": 1e-4,
     "schedule": "constant",
     "warmup_steps": 0,
@@ -74,6 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="training resolution (square), default 256")
     p.add_argument("--batch-size", type=int, help="images per step per process, default 16")
     p.add_argument("--steps", type=int, help="optimizer steps, default 1000")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        help="end after this step, keeping the learning-rate schedule of --steps (0 = run to --steps)",
+    )
     p.add_argument("--lr", type=float, help="learning rate, default 1e-4 (the paper's)")
     p.add_argument(
         "--schedule",
@@ -229,6 +235,7 @@ def build_and_train(
         eval_loader = DataLoader(eval_set, batch_size=int(opts["batch_size"]), num_workers=0)
     config = TrainConfig(
         steps=int(opts["steps"]),
+        stop_at=int(opts["stop_at"]),
         lr=float(opts["lr"]),
         schedule=opts["schedule"],
         warmup_steps=int(opts["warmup_steps"]),

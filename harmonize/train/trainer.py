@@ -54,6 +54,7 @@ class TrainConfig:
     """
 
     steps: int = 1000
+    stop_at: int = 0  # end after this step; the schedule still spans `steps`. 0: run to `steps`
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -373,8 +374,15 @@ class Trainer:
             w.writerow(row)
 
     def fit(self) -> dict[str, Any]:
-        """Train until ``config.steps``; returns the last evaluation (empty without an eval loader)."""
+        """Train until ``config.steps`` (or ``config.stop_at``); returns the last evaluation.
+
+        The evaluation is empty without an eval loader. ``stop_at`` ends the run early on the
+        schedule of the full ``steps``: the weights equal those of step ``stop_at`` of the full run.
+        """
         cfg = self.config
+        if not 0 <= cfg.stop_at <= cfg.steps:
+            raise ValueError(f"stop_at must be between 0 and steps ({cfg.steps}), got {cfg.stop_at}")
+        end = cfg.stop_at or cfg.steps
         if self.is_main:
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         tb = None
@@ -389,10 +397,10 @@ class Trainer:
         if cfg.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         batches = self._batches()
         t0, images, run_loss, n_loss = time.perf_counter(), 0, 0.0, 0
-        while self.step < cfg.steps:
+        while self.step < end:
             batch = next(batches)
             loss = self.train_step(batch)
             bs = batch["composite"].shape[0] * (dist.get_world_size() if self.distributed else 1)
@@ -400,7 +408,7 @@ class Trainer:
             run_loss, n_loss = run_loss + loss, n_loss + 1
             if bar is not None:
                 bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or self.step == end:
                 dt = time.perf_counter() - t0
                 row = {
                     "step": self.step,
@@ -415,7 +423,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
                 t0, images, run_loss, n_loss = time.perf_counter(), 0, 0.0, 0
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:
                 self._eval_and_log(tb)
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self.save_checkpoint()
