@@ -340,21 +340,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="write per_image.csv and summary.json here")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="safetensors weights for the (single) MODEL")
+    p.add_argument(
+        "--model-args",
+        default=None,
+        metavar="JSON",
+        help='constructor arguments the --checkpoint weights need, e.g. \'{"kernel_norm": "softmax"}\'',
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images of each subset")
     p.add_argument("--ssim", action="store_true", help="also compute SSIM")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def load_model_for_eval(name: str, checkpoint: str | None = None) -> nn.Module:
-    """The model ``harmonize evaluate NAME`` scores: with its weights, or an error saying there are none."""
+def load_model_for_eval(
+    name: str, checkpoint: str | None = None, model_args: dict[str, Any] | None = None
+) -> nn.Module:
+    """The model ``harmonize evaluate NAME`` scores: with its weights, or an error saying there are none.
+
+    ``model_args`` (only with ``checkpoint``) are the constructor arguments the weights were
+    trained with, such as ``kernel_norm``, which no weight shape reveals.
+    """
     from . import create_model
     from ._registry import get_pretrained_cfg, is_model, split_model_name_tag
     from .cli import CommandError
 
+    if model_args and not checkpoint:
+        raise CommandError("--model-args goes with --checkpoint (a tag or folder brings its own)")
     if checkpoint:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
-        return create_model(name, pretrained=False, checkpoint_path=checkpoint)
+        try:
+            return create_model(name, pretrained=False, checkpoint_path=checkpoint, **(model_args or {}))
+        except TypeError as e:  # an argument the architecture does not take
+            raise CommandError(f"--model-args {json.dumps(model_args)} do not fit {name}: {e}") from None
     if name.startswith(("hf-hub:", "local-dir:")):
         return create_model(name, pretrained=True)
     if not is_model(name):
@@ -396,13 +413,21 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError("a MODEL is given twice")
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model_args = None
+    if args.model_args is not None:
+        try:
+            model_args = json.loads(args.model_args)
+        except json.JSONDecodeError as e:
+            raise CommandError(f"--model-args is not JSON: {e}") from None
+        if not isinstance(model_args, dict):
+            raise CommandError(f"--model-args must be a JSON object, got {args.model_args!r}")
     preset = get_preset(args.preset)
     dataset = IHarmony4Dataset(args.data, subsets=args.subsets, split=args.split)
     indices = _limit_indices(dataset, args.limit)
     models = {}
     for name in args.models:
         label = f"{name} ({Path(args.checkpoint).name})" if args.checkpoint else name
-        models[label] = load_model_for_eval(name, args.checkpoint)
+        models[label] = load_model_for_eval(name, args.checkpoint, model_args)
     summaries, records = evaluate_models(
         models,
         dataset,

@@ -214,9 +214,9 @@ def test_writes_are_atomic(tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_model_without_weights_is_a_clear_error(tmp_path, capsys) -> None:
-    assert not harmonize.list_pretrained("hdnet.*")  # HDNet has no weights yet
+    assert not harmonize.list_pretrained("test_hdnet.*")  # a model without weights
     ip, mp = _write(tmp_path)
-    rc, _, err = _run(capsys, str(ip), str(mp), "-o", str(tmp_path / "o.png"), "--model", "hdnet", "--quiet")
+    rc, _, err = _run(capsys, str(ip), str(mp), "-o", str(tmp_path / "o.png"), "--model", "test_hdnet", "--quiet")
     assert rc == 2 and "no pretrained weights" in _one_line_error(err)
     assert not (tmp_path / "o.png").exists()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import harmonize
 from harmonize.cli import main as cli_main
@@ -158,3 +159,30 @@ def test_cli_local_checkpoint_and_local_dir(tmp_path: Path, capsys: pytest.Captu
         doc = json.loads((out / "summary.json").read_text())
         (summary,) = doc["models"].values()
         assert summary["overall"]["count"] == 2
+
+
+@needs_labelme
+def test_cli_checkpoint_with_model_args(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # softmax kernels change no weight shape: only --model-args tells the checkpoint's model apart
+    torch.manual_seed(0)
+    model = harmonize.create_model("test_gknet", kernel_norm="softmax").eval()
+    for p in model.parameters():  # far from the identity, so the two kernel norms disagree
+        p.data.add_(0.3 * torch.randn_like(p))
+    weights = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(weights))
+    scores = {}
+    for extra in ([], ["--model-args", '{"kernel_norm": "softmax"}']):
+        out = tmp_path / f"out{len(extra)}"
+        argv = ["evaluate", "test_gknet", "--checkpoint", str(weights), *extra, "--data", str(LABELME)]
+        rc = cli_main([*argv, "--limit", "2", "--out", str(out), "--no-progress", "--preset", "iharmony4"])
+        assert rc == 0, capsys.readouterr().err
+        (summary,) = json.loads((out / "summary.json").read_text())["models"].values()
+        scores[len(extra)] = summary["overall"]["fmse"]
+    ds = IHarmony4Dataset(LABELME, ["LabelMe"], split="test")
+    expected = evaluate(model, ds, preset="iharmony4", indices=[0, 1], progress=False)[0]["overall"]["fmse"]
+    assert scores[2] == pytest.approx(expected, rel=1e-6) and scores[0] != pytest.approx(expected, rel=1e-3)
+    for bad, msg in (("[1]", "must be a JSON object"), ("{x", "not JSON"), ('{"nope": 1}', "do not fit test_gknet")):
+        rc = cli_main(["evaluate", "test_gknet", "--checkpoint", str(weights), "--model-args", bad, "--data", str(LABELME)])
+        assert rc == 2 and msg in capsys.readouterr().err
+    rc = cli_main(["evaluate", "composite", "--model-args", '{"a": 1}', "--data", str(LABELME), "--limit", "1"])
+    assert rc == 2 and "--model-args goes with --checkpoint" in capsys.readouterr().err

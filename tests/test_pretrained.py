@@ -1,26 +1,34 @@
 """The shipped weights: load offline from the package, strictly, and harmonize real composites."""
 
+import pytest
 import torch
 
 import harmonize
 from harmonize.data import IHarmony4Dataset
 from harmonize.metrics import fmse
 
+# family name -> its shipped tag; the family's default tag carries the small variant's weights
+SHIPPED = {"gknet": "gknet_small.labelme", "hdnet": "hdnet_small.labelme"}
+PAPER_WIDTH = {"gknet": ("widths", (32, 64, 128, 256, 256)), "hdnet": ("base_width", 32)}
 
-def test_gknet_pretrained_is_the_best_gknet_we_have():
-    assert "gknet.labelme" in harmonize.list_pretrained()
-    assert harmonize.get_pretrained_cfg("gknet").tag == "labelme"  # the default tag
-    model = harmonize.create_model("gknet", pretrained=True)
-    small = harmonize.create_model("gknet_small.labelme", pretrained=True)
-    assert model.widths == small.widths
+
+@pytest.mark.parametrize("family", sorted(SHIPPED))
+def test_family_pretrained_is_the_best_we_have(family):
+    assert f"{family}.labelme" in harmonize.list_pretrained()
+    assert harmonize.get_pretrained_cfg(family).tag == "labelme"  # the default tag
+    model = harmonize.create_model(family, pretrained=True)
+    small = harmonize.create_model(SHIPPED[family], pretrained=True)
+    attr, paper = PAPER_WIDTH[family]
+    assert getattr(model, attr) == getattr(small, attr) != paper
     for a, b in zip(model.state_dict().values(), small.state_dict().values()):
         assert torch.equal(a, b)
-    # without weights, "gknet" is the paper-scale network
-    assert harmonize.create_model("gknet").widths == (32, 64, 128, 256, 256)
+    # without weights, the family name is the paper-scale network
+    assert getattr(harmonize.create_model(family), attr) == paper
 
 
-def test_pretrained_gknet_improves_real_composites(labelme):
-    model = harmonize.create_model("gknet", pretrained=True).eval()
+@pytest.mark.parametrize("family", sorted(SHIPPED))
+def test_pretrained_model_improves_real_composites(labelme, family):
+    model = harmonize.create_model(family, pretrained=True).eval()
     ds = IHarmony4Dataset(labelme, ["LabelMe"], split="test")
     batch = [ds[i] for i in range(0, 200, 12)]  # 17 images spread over the list
     comp, mask, real = (torch.stack([b[k] for b in batch]) for k in ("composite", "mask", "real"))
@@ -31,10 +39,14 @@ def test_pretrained_gknet_improves_real_composites(labelme):
     assert after < 0.9 * before, (before, after)
 
 
-def test_save_pretrained_of_shipped_weights_roundtrips(tmp_path):
-    model = harmonize.create_model("gknet", pretrained=True)
-    out = harmonize.save_pretrained(model, tmp_path / "gknet")
+@pytest.mark.parametrize("family", sorted(SHIPPED))
+def test_save_pretrained_of_shipped_weights_roundtrips(tmp_path, family):
+    model = harmonize.create_model(family, pretrained=True)
+    fmse_card = model.pretrained_cfg.metrics["LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)"].split(" / ")[0]
+    out = harmonize.save_pretrained(model, tmp_path / family)
     card = (out / "README.md").read_text()
-    assert "LabelMe" in card and "1439" in card
+    assert "LabelMe" in card and fmse_card in card
     again = harmonize.create_model(f"local-dir:{out}", pretrained=True)
-    assert again.architecture == "gknet" and again.widths == model.widths
+    assert again.architecture == family and again.model_args == model.model_args
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
