@@ -295,9 +295,9 @@ def test_demo_writes_grid_and_metrics(tmp_path, capsys) -> None:
 
 
 def test_demo_with_a_model_without_weights_is_a_clear_error(tmp_path, capsys) -> None:
-    rc = main(["demo", "--model", "hdnet", "-o", str(tmp_path / "demo")])
+    rc = main(["demo", "--model", "test_hdnet", "-o", str(tmp_path / "demo")])
     err = capsys.readouterr().err
-    assert rc == 2 and "hdnet has no pretrained weights" in err and "Traceback" not in err
+    assert rc == 2 and "test_hdnet has no pretrained weights" in err and "Traceback" not in err
     assert not (tmp_path / "demo").exists()
 
 

@@ -333,4 +333,7 @@ def test_hdnet_ablations_and_bad_input():
 def test_hdnet_registered():
     assert {"hdnet", "hdnet_small", "test_hdnet"} <= set(harmonize.list_models(module="hdnet"))
     cfg = harmonize.get_pretrained_cfg("hdnet")
-    assert cfg.tag == "untrained" and not cfg.has_weights and cfg.paper_url.endswith("2312.06886")
+    assert cfg.tag == "labelme" and cfg.has_weights and cfg.paper_url.endswith("2312.06886")
+    assert cfg.model_args == {"base_width": 16}  # the default tag carries hdnet_small's weights
+    untrained = harmonize.get_pretrained_cfg("hdnet.untrained")
+    assert not untrained.has_weights and untrained.paper_url.endswith("2312.06886")
