@@ -41,7 +41,7 @@ def main() -> None:
     args = p.parse_args()
     model = harmonize.create_model(f"local-dir:{args.run_final}", pretrained=True).eval()
     arch = model.architecture
-    known = get_pretrained_cfg(f"{arch}.untrained") or get_pretrained_cfg(arch)
+    known = get_pretrained_cfg(arch)  # the default tag names the paper
     composite = score(harmonize.create_model("composite"), args.data, "iharmony4")["overall"]
     full = {k: score(model, args.data, k)["overall"] for k in ("iharmony4", "issam")}
     with tempfile.TemporaryDirectory() as tmp:

@@ -172,7 +172,14 @@ def build_and_train(
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build model, data, loss, optimizer and trainer from ``opts``; train; save the weights."""
+    """Build model, data, loss, optimizer and trainer from ``opts``; train; save the weights.
+
+    ``opts`` holds the command's options by name; those it leaves out take their defaults.
+    """
+    unknown = set(opts) - set(_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training options: {sorted(unknown)}")
+    opts = {**_DEFAULTS, **opts}
     rank, world, dist_device = _init_distributed()
     out_dir = Path(out)
     last = out_dir / "last.pt"
