@@ -28,15 +28,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from importlib import resources
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import harmonize
+from harmonize.data.io import load_image, load_mask
+from harmonize.demo import bundled_samples
 from harmonize.models import gknet as gknet_module
 
 DEFAULT_MODELS = ["reinhard", "gknet", "gknet_small", "hdnet", "hdnet_small"]
@@ -44,14 +43,10 @@ DEFAULT_MODELS = ["reinhard", "gknet", "gknet_small", "hdnet", "hdnet_small"]
 
 def sample(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first bundled composite and its mask, resized to ``size`` x ``size``."""
-    root = resources.files("harmonize") / "assets" / "samples"
-    comp = sorted(p for p in (root / "composite_images").iterdir() if p.name.endswith(".jpg"))[0]
-    mask = root / "masks" / ("_".join(comp.name.split("_")[:-1]) + ".png")
-    image = torch.from_numpy(np.asarray(Image.open(comp).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
-    m = torch.from_numpy(np.asarray(Image.open(mask).convert("L"), np.float32) / 255)[None]
-    image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    m = (F.interpolate(m[None], size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
-    return image, m
+    first = bundled_samples()[0]
+    image = F.interpolate(load_image(first.composite)[None], size=(size, size), mode="bilinear", antialias=True)
+    mask = (F.interpolate(load_mask(first.mask)[None], size=(size, size), mode="bilinear") > 0.5).float()
+    return image, mask
 
 
 def count_flops(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor) -> float:
