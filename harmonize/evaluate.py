@@ -362,14 +362,13 @@ def load_model_for_eval(
     from . import create_model
     from ._registry import get_pretrained_cfg, is_model, split_model_name_tag
     from .cli import CommandError
+    from .inference import load_model
 
     if model_args and not checkpoint:
         raise CommandError("--model-args goes with --checkpoint (a tag or folder brings its own)")
     if checkpoint:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
         try:
-            return create_model(name, pretrained=False, checkpoint_path=checkpoint, **(model_args or {}))
+            return load_model(name, checkpoint, model_args)
         except TypeError as e:  # an argument the architecture does not take
             raise CommandError(f"--model-args {json.dumps(model_args)} do not fit {name}: {e}") from None
     if name.startswith(("hf-hub:", "local-dir:")):

@@ -125,10 +125,14 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return d
 
 
-def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+def load_model(
+    name: str, checkpoint: str | os.PathLike | None = None, model_args: dict[str, Any] | None = None
+) -> nn.Module:
     """A registered model ready to harmonize: its pretrained weights, or ``checkpoint``'s.
 
-    Raises a ValueError saying what to do when the model needs weights it does not have.
+    ``model_args`` (only with ``checkpoint``) are the constructor arguments the weights were
+    trained with, such as ``kernel_norm``, which no weight shape reveals. Raises a ValueError
+    saying what to do when the model needs weights it does not have.
     """
     from ._factory import create_model
     from ._registry import is_model
@@ -136,7 +140,9 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> nn.Mod
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
-        return create_model(name, pretrained=False, checkpoint_path=str(checkpoint))
+        return create_model(name, pretrained=False, checkpoint_path=str(checkpoint), **(model_args or {}))
+    if model_args:
+        raise ValueError("model_args go with a checkpoint (a tag or folder brings its own)")
     if not name.startswith(("hf-hub:", "local-dir:")) and not is_model(name):
         raise ValueError(f"unknown model {name!r}; see `harmonize list`")
     try:
