@@ -20,7 +20,7 @@ Usage::
 
     python benchmarks/highres.py                       # reinhard, affine and upsample
     python benchmarks/highres.py --model gknet         # once GKNet has pretrained weights
-    python benchmarks/highres.py --model gknet_small --checkpoint run/best.safetensors --oracle
+    python benchmarks/highres.py --model gknet --checkpoint run/best.safetensors --oracle
 
 The goal checked at the end: the 12-megapixel triplet in under 10 s and under 2 GB, and
 the affine method's fMSE below upsampling's on every triplet.
@@ -58,8 +58,8 @@ def child(cfg: dict) -> dict:
     """One measured run, in a fresh process."""
     import torch
 
-    from harmonize.data.io import load_image, load_mask
-    from harmonize.inference import Harmonizer, load_model, save_image
+    from harmonize import Harmonizer, load_model
+    from harmonize.data.io import load_image, load_mask, save_image
     from harmonize.metrics import fmse
 
     if cfg["threads"]:

@@ -18,7 +18,7 @@ Usage::
 
     python benchmarks/models.py                       # the default models, 1 thread
     python benchmarks/models.py --threads 2 --reps 30
-    python benchmarks/models.py --models gknet_small hdnet_small --size 512
+    python benchmarks/models.py --models gknet hdnet --size 512
 
 Time it on an idle machine: other processes on the cores change the latencies.
 """
@@ -38,7 +38,7 @@ from harmonize.data.io import load_image, load_mask
 from harmonize.demo import bundled_samples
 from harmonize.models import gknet as gknet_module
 
-DEFAULT_MODELS = ["reinhard", "gknet", "gknet_small", "hdnet", "hdnet_small"]
+DEFAULT_MODELS = ["reinhard", "gknet", "gknet_large", "hdnet", "hdnet_large"]
 
 
 def sample(size: int) -> tuple[torch.Tensor, torch.Tensor]:

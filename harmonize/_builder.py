@@ -11,6 +11,7 @@ from torch import nn
 
 from ._hub import load_state_dict, load_weights
 from ._pretrained import PretrainedCfg
+from .errors import NoPretrainedWeights
 
 __all__ = ["build_model_with_cfg", "resolve_weights_file", "load_pretrained"]
 
@@ -29,7 +30,7 @@ def resolve_weights_file(cfg: PretrainedCfg) -> Path:
         return p
     if cfg.hf_hub_id:
         return Path(hf_hub_download(cfg.hf_hub_id, cfg.hf_hub_filename, revision=cfg.hf_hub_revision))
-    raise ValueError(f"{cfg.name} has no weights (no file and no hf_hub_id)")
+    raise NoPretrainedWeights(f"{cfg.name} has no weights (no file and no hf_hub_id)")
 
 
 def load_pretrained(model: nn.Module, cfg: PretrainedCfg, allow_pickle: bool = False) -> None:
@@ -46,17 +47,17 @@ def build_model_with_cfg(
     variant_args: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Instantiate ``model_cls(**variant_args, **cfg.model_args, **kwargs)`` and load weights.
+    """Instantiate ``model_cls(**variant_args, **kwargs)`` and load the tag's weights.
 
-    The model keeps ``architecture`` (the variant), ``model_args`` (arguments beyond the
-    variant's, what ``config.json`` records) and ``pretrained_cfg``.
+    The registered variant alone fixes the architecture: a tag only chooses weights, so
+    ``pretrained=True`` builds the same network as ``pretrained=False``. The model keeps
+    ``architecture`` (the variant), ``model_args`` (arguments beyond the variant's, what
+    ``config.json`` records) and ``pretrained_cfg`` (its own copy).
     """
     cfg = pretrained_cfg or PretrainedCfg(architecture=variant)
-    # A tag's model_args (the widths its weights were trained with) apply only to load them.
-    user_args = {**(cfg.model_args if pretrained else {}), **kwargs}
-    model = model_cls(**{**(variant_args or {}), **user_args})
+    model = model_cls(**{**(variant_args or {}), **kwargs})
     model.architecture = variant
-    model.model_args = user_args
+    model.model_args = dict(kwargs)
     model.pretrained_cfg = cfg
     if pretrained:
         if not getattr(model, "needs_weights", True):
@@ -64,7 +65,11 @@ def build_model_with_cfg(
             # ``needs_weights = False``: pretrained=True has nothing to load and is not an error.
             _logger.info("%s needs no weights; nothing to load", variant)
         elif not cfg.has_weights:
-            raise ValueError(f"{variant} has no pretrained weights; models with weights: see list_pretrained()")
+            raise NoPretrainedWeights(
+                f"{variant} has no pretrained weights: use a model that has (`harmonize list --pretrained`), "
+                "a weights file (checkpoint=... / --checkpoint FILE), local-dir:PATH, or a reference "
+                "without weights ('reinhard', 'composite')"
+            )
         else:
             load_pretrained(model, cfg)
     return model

@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._pretrained import PretrainedCfg
+from .errors import InvalidInputError, UsageError, WeightsMismatchError
+from .utils.files import atomic_write
 
 __all__ = [
     "load_state_dict",
@@ -51,7 +53,7 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
         raise FileNotFoundError(f"weights file not found: {p}")
     if p.suffix in _PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise ValueError(
+            raise UsageError(
                 f"{p}: refusing to unpickle a {p.suffix} file; use safetensors, or pass allow_pickle=True "
                 "if you trust it"
             )
@@ -62,7 +64,7 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     try:
         return load_file(str(p), device="cpu")
     except Exception as e:  # safetensors raises several types for a bad header
-        raise ValueError(f"{p}: not a readable safetensors file ({e})") from e
+        raise InvalidInputError(f"{p}: not a readable safetensors file ({e})") from e
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -84,23 +86,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             if keys:
                 shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
                 parts.append(f"{title}: {shown}")
-        raise RuntimeError(f"cannot load {source} into {type(model).__name__}: " + "; ".join(parts))
+        raise WeightsMismatchError(f"cannot load {source} into {type(model).__name__}: " + "; ".join(parts))
     cast = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(cast, strict=True)
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; published files are readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:
@@ -186,11 +174,13 @@ def save_pretrained(
         if half and k in params and v.is_floating_point():
             v = v.half()  # buffers (normalisation statistics) stay float32: they may exceed float16's range
         sd[k] = v.contiguous().clone()
-    _atomic_write_bytes(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=False) + "\n"
-    _atomic_write_bytes(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    with atomic_write(out / WEIGHTS_NAME) as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+    with atomic_write(out / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
     card = str(model_card(model, repo_id))
-    _atomic_write_bytes(out / "README.md", lambda p: Path(p).write_text(card))
+    with atomic_write(out / "README.md") as tmp:
+        tmp.write_text(card)
     return out
 
 
@@ -219,13 +209,23 @@ def push_to_hub(
     return str(getattr(info, "commit_url", info))
 
 
-def load_config(source: str, revision: str | None = None) -> tuple[dict[str, Any], Path]:
+def load_config(source: str, revision: str | None = None, local: bool = False) -> tuple[dict[str, Any], Path]:
     """Read ``config.json`` of a local folder or a Hub repository (through the Hub cache).
+
+    Args:
+        source: a folder, or a Hub repository id ``org/name``.
+        revision: branch, tag or commit on the Hub.
+        local: ``source`` must be a local folder (``local-dir:``): a path that is not one is
+            an error, never a Hub lookup.
 
     Returns:
         (config, path of the weights file next to it)
     """
     p = Path(source).expanduser()
+    if local and not p.is_dir():
+        if p.exists():
+            raise NotADirectoryError(f"local-dir:{source}: not a folder (a save_pretrained folder is expected)")
+        raise FileNotFoundError(f"local-dir:{source}: no such folder")
     if p.is_dir():
         p = p.resolve()
         cfg_path = p / CONFIG_NAME
@@ -238,7 +238,7 @@ def load_config(source: str, revision: str | None = None) -> tuple[dict[str, Any
     try:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
-    if "architecture" not in config:
-        raise ValueError(f"{cfg_path}: no 'architecture' entry")
+        raise InvalidInputError(f"{cfg_path}: invalid JSON ({e})") from e
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise InvalidInputError(f"{cfg_path}: no 'architecture' entry")
     return config, weights

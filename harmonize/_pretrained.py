@@ -20,7 +20,6 @@ class PretrainedCfg:
         hf_hub_filename: weights file inside the Hub repository.
         file: local safetensors file or ``save_pretrained`` folder; wins over the Hub.
             A relative path is taken from the ``harmonize`` package folder.
-        model_args: constructor arguments the weights need on top of the architecture's.
         license, paper, paper_url, trained_on, recipe, hardware: model card facts.
         metrics: scores the weights reached, printed on the model card.
     """
@@ -31,7 +30,6 @@ class PretrainedCfg:
     hf_hub_revision: str | None = None
     hf_hub_filename: str = "model.safetensors"
     file: str | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
     license: str | None = None
     paper: str | None = None
     paper_url: str | None = None

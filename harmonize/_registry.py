@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import sys
+import warnings
 from collections.abc import Callable
 
 from torch import nn
 
 from ._pretrained import PretrainedCfg
+from .errors import UnknownModelError
 
 __all__ = [
     "register_model",
@@ -19,12 +22,28 @@ __all__ = [
     "model_entrypoint",
     "get_pretrained_cfg",
     "split_model_name_tag",
+    "register_deprecated_name",
+    "resolve_name",
 ]
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _model_module: dict[str, str] = {}
 _pretrained_cfgs: dict[str, PretrainedCfg] = {}  # "arch.tag" -> cfg
 _default_tag: dict[str, str] = {}  # arch -> first tag listed
+_deprecated: dict[str, str] = {}  # old name ("arch" or "arch.tag") -> current name
+
+
+_registered = False
+
+
+def _ensure_registered() -> None:
+    """Import :mod:`harmonize.models` once, which registers every model of the package."""
+    global _registered
+    if not _registered:
+        _registered = True
+        import importlib
+
+        importlib.import_module("harmonize.models")
 
 
 def split_model_name_tag(name: str) -> tuple[str, str]:
@@ -62,6 +81,30 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def register_deprecated_name(old: str, new: str) -> None:
+    """Keep ``old`` (an architecture or ``arch.tag``) working as an alias of ``new``, with a FutureWarning."""
+    _deprecated[old] = new
+
+
+def resolve_name(name: str, warn: bool = True) -> str:
+    """The current name of ``name``: deprecated architectures and tags map to their successors.
+
+    ``"gknet_small.labelme"`` -> ``"gknet.labelme"`` (a FutureWarning says so); a current
+    name comes back as it is.
+    """
+    _ensure_registered()
+    arch, tag = split_model_name_tag(name)
+    new = _deprecated.get(name)
+    if new is None and arch in _deprecated:
+        new_arch, _, new_tag = _deprecated[arch].partition(".")
+        new = f"{new_arch}.{tag or new_tag}" if (tag or new_tag) else new_arch
+    if new is None:
+        return name
+    if warn:
+        warnings.warn(f"model name {name!r} is deprecated; use {new!r} (the same network)", FutureWarning, stacklevel=3)
+    return new
+
+
 def _matches(name: str, filt: str | list[str]) -> bool:
     patterns = [filt] if isinstance(filt, str) else filt
     return any(fnmatch.fnmatch(name, p) for p in patterns) if patterns and patterns != [""] else True
@@ -75,6 +118,7 @@ def list_models(filter: str | list[str] = "", pretrained: bool = False, module: 
         pretrained: list pretrained tags instead of architectures.
         module: only models of this family module (``"gknet"``, ``"hdnet"``).
     """
+    _ensure_registered()
     if pretrained:
         names = [n for n, c in _pretrained_cfgs.items() if c.has_weights]
     else:
@@ -90,26 +134,36 @@ def list_pretrained(filter: str | list[str] = "") -> list[str]:
 
 
 def is_model(name: str) -> bool:
-    return split_model_name_tag(name)[0] in _entrypoints
+    """True for a registered architecture (with or without a tag), deprecated names included."""
+    _ensure_registered()
+    return split_model_name_tag(resolve_name(name, warn=False))[0] in _entrypoints
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
-    arch = split_model_name_tag(name)[0]
+    """The ``@register_model`` function of ``name``'s architecture (deprecated names resolved)."""
+    _ensure_registered()
+    arch = split_model_name_tag(resolve_name(name, warn=False))[0]
     if arch not in _entrypoints:
-        raise ValueError(f"unknown model {arch!r}; known models: {', '.join(sorted(_entrypoints))}")
+        raise UnknownModelError(
+            f"unknown model {split_model_name_tag(name)[0]!r}; known models: {', '.join(sorted(_entrypoints))}"
+        )
     return _entrypoints[arch]
 
 
 def get_pretrained_cfg(name: str) -> PretrainedCfg | None:
-    """The cfg of ``arch.tag``, or of the architecture's default (first listed) tag."""
-    arch, tag = split_model_name_tag(name)
+    """A copy of the cfg of ``arch.tag``, or of the architecture's default (first listed) tag.
+
+    The registry's own objects are never handed out: editing the copy changes nothing else.
+    """
+    _ensure_registered()
+    arch, tag = split_model_name_tag(resolve_name(name, warn=False))
     tag = tag or _default_tag.get(arch, "")
     if not tag:
         return None
     full = f"{arch}.{tag}"
     if full not in _pretrained_cfgs:
         known = [n for n in _pretrained_cfgs if n.startswith(arch + ".")]
-        raise ValueError(f"unknown pretrained tag {full!r}; tags of {arch}: {known or 'none'}")
-    return _pretrained_cfgs[full]
+        raise UnknownModelError(f"unknown pretrained tag {full!r}; tags of {arch}: {known or 'none'}")
+    return copy.deepcopy(_pretrained_cfgs[full])
 
 

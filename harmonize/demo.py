@@ -1,4 +1,4 @@
-"""``harmonize demo``: harmonize the bundled samples, write a before/after/real grid and the scores.
+"""The demo: harmonize the bundled samples, write a before/after/real grid and the scores.
 
 The package ships four LabelMe composites with their masks and real photographs
 (``harmonize/assets/samples``, see its README). The demo harmonizes them with a model and
@@ -18,11 +18,9 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,8 +30,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from .data.io import load_image, load_mask
+from .utils.files import atomic_write_bytes
 
-__all__ = ["Sample", "bundled_samples", "run_demo", "make_grid"]
+__all__ = ["Sample", "bundled_samples", "samples_dir", "run_demo", "make_grid", "format_table"]
 
 _COLUMNS = ("composite", "mask", "harmonized", "real")
 
@@ -103,20 +102,6 @@ def make_grid(
     return grid
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from .inference import publish
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_demo(
     model: Any = "gknet",
     out_dir: str | os.PathLike = "harmonize-demo",
@@ -136,7 +121,7 @@ def run_demo(
         ``metrics`` paths added.
     """
     from . import __version__
-    from .inference import Harmonizer
+    from .highres import Harmonizer
     from .metrics import fmse, mse, psnr
 
     samples = bundled_samples()
@@ -180,8 +165,8 @@ def run_demo(
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     grid_path, json_path = out / "demo_grid.png", out / "demo_metrics.json"
-    _atomic_write_bytes(grid_path, buf.getvalue())
-    _atomic_write_bytes(json_path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(grid_path, buf.getvalue())
+    atomic_write_bytes(json_path, (json.dumps(doc, indent=2) + "\n").encode())
     return {**doc, "grid": str(grid_path), "metrics": str(json_path)}
 
 
@@ -196,23 +181,3 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{r['composite_psnr']:>10.2f} {r['psnr']:>10.2f}"
         )
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", default="harmonize-demo", metavar="DIR",
-                   help="folder for demo_grid.png and demo_metrics.json (default: ./harmonize-demo)")
-    p.add_argument("--model", default="gknet", help="model name with pretrained weights (default: gknet)")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="safetensors weights for --model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
-
-
-def main(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: not a folder")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-    doc = run_demo(args.model, out, device=args.device, checkpoint=args.checkpoint)
-    print(format_table(doc))
-    print(f"\nwrote {doc['grid']} and {doc['metrics']}")
-    return 0

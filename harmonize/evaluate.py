@@ -10,7 +10,7 @@ Python::
     summary, records = evaluate(create_model("reinhard"), data, preset="issam")
     print(format_table1({"reinhard": summary}))
 
-Command line::
+Command line (:mod:`harmonize.cli.evaluate`)::
 
     harmonize evaluate composite reinhard --data /data/labelme-harmony --preset iharmony4 --out runs/eval
 
@@ -22,7 +22,6 @@ runs on the whole image, one image per batch.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -30,7 +29,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,23 +38,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .errors import UsageError
 from .metrics import (
-    FG_RATIO_BUCKETS,
     HarmonizationMetrics,
     Preset,
     get_preset,
     prepare_image,
     prepare_mask,
 )
+from .utils.device import resolve_device
+from .utils.files import atomic_write_text
 
 __all__ = [
-    "add_arguments",
     "evaluate",
     "evaluate_models",
     "format_table1",
     "format_table2",
-    "main",
     "write_results",
+    "limit_indices",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -81,12 +80,6 @@ class _PreparedDataset(Dataset):
             "name": s.get("name", str(self.indices[i])),
             "subset": s.get("subset", "default"),
         }
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def evaluate_models(
@@ -119,7 +112,7 @@ def evaluate_models(
         :meth:`~harmonize.metrics.HarmonizationMetrics.compute`, records one dict per image.
     """
     p = get_preset(preset)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     data = _PreparedDataset(dataset, p, indices)
     loader = DataLoader(
         data,
@@ -263,18 +256,6 @@ def format_table2(summaries: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_safe(x: Any) -> Any:
     """NaN and infinities become ``null`` (strict JSON has neither)."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -308,91 +289,22 @@ def write_results(
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "per_image.csv", out / "summary.json"
-    _atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(csv_path, buf.getvalue())
     from . import __version__
 
     doc = {"harmonize_version": __version__, **(meta or {}), "models": summaries}
-    _atomic_write_text(json_path, json.dumps(_json_safe(doc), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(_json_safe(doc), indent=2) + "\n")
     return csv_path, json_path
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .metrics import PRESETS
-
-    p.add_argument(
-        "models",
-        nargs="+",
-        metavar="MODEL",
-        help="registered name or name.tag, hf-hub:org/repo, local-dir:PATH; several give a row each",
-    )
-    p.add_argument("--data", required=True, help="iHarmony4-layout folder (of subset folders, or one subset)")
-    p.add_argument("--subsets", nargs="+", default=None, metavar="S", help="subsets to score (default: all found)")
-    p.add_argument("--split", default="test", help="list files SUBSET_{split}.txt to read (default: test)")
-    p.add_argument(
-        "--preset", default="issam", choices=sorted(PRESETS), help="measurement convention (default: issam)"
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (fullres: always 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write per_image.csv and summary.json here")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="safetensors weights for the (single) MODEL")
-    p.add_argument(
-        "--model-args",
-        default=None,
-        metavar="JSON",
-        help='constructor arguments the --checkpoint weights need, e.g. \'{"kernel_norm": "softmax"}\'',
-    )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images of each subset")
-    p.add_argument("--ssim", action="store_true", help="also compute SSIM")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def load_model_for_eval(
-    name: str, checkpoint: str | None = None, model_args: dict[str, Any] | None = None
-) -> nn.Module:
-    """The model ``harmonize evaluate NAME`` scores: with its weights, or an error saying there are none.
-
-    ``model_args`` (only with ``checkpoint``) are the constructor arguments the weights were
-    trained with, such as ``kernel_norm``, which no weight shape reveals.
-    """
-    from . import create_model
-    from ._registry import get_pretrained_cfg, is_model, split_model_name_tag
-    from .cli import CommandError
-    from .inference import load_model
-
-    if model_args and not checkpoint:
-        raise CommandError("--model-args goes with --checkpoint (a tag or folder brings its own)")
-    if checkpoint:
-        try:
-            return load_model(name, checkpoint, model_args)
-        except TypeError as e:  # an argument the architecture does not take
-            raise CommandError(f"--model-args {json.dumps(model_args)} do not fit {name}: {e}") from None
-    if name.startswith(("hf-hub:", "local-dir:")):
-        return create_model(name, pretrained=True)
-    if not is_model(name):
-        raise CommandError(f"unknown model {name!r}; see `harmonize list`")
-    cfg = get_pretrained_cfg(name)
-    if cfg is not None and cfg.has_weights:
-        return create_model(name, pretrained=True)
-    model = create_model(name, pretrained=False)
-    if getattr(model, "needs_weights", True):
-        arch = split_model_name_tag(name)[0]
-        raise CommandError(
-            f"{name} has no pretrained weights; pass --checkpoint FILE or local-dir:PATH "
-            f"(a save_pretrained folder of {arch}); models with weights: `harmonize list --pretrained`"
-        )
-    return model
-
-
-def _limit_indices(dataset: Any, limit: int | None) -> list[int] | None:
+def limit_indices(dataset: Any, limit: int | None) -> list[int] | None:
+    """Indices of the first ``limit`` items of each subset of an iHarmony4-layout dataset (None: all)."""
     if limit is None:
         return None
     if limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise UsageError(f"limit must be at least 1, got {limit}")
     taken: dict[str, int] = {}
     out = []
     for i, t in enumerate(dataset.triplets):
@@ -400,56 +312,3 @@ def _limit_indices(dataset: Any, limit: int | None) -> list[int] | None:
             taken[t.subset] = taken.get(t.subset, 0) + 1
             out.append(i)
     return out
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import CommandError
-    from .data import IHarmony4Dataset
-
-    if args.checkpoint and len(args.models) != 1:
-        raise CommandError("--checkpoint needs exactly one MODEL")
-    if len(set(args.models)) != len(args.models):
-        raise CommandError("a MODEL is given twice")
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model_args = None
-    if args.model_args is not None:
-        try:
-            model_args = json.loads(args.model_args)
-        except json.JSONDecodeError as e:
-            raise CommandError(f"--model-args is not JSON: {e}") from None
-        if not isinstance(model_args, dict):
-            raise CommandError(f"--model-args must be a JSON object, got {args.model_args!r}")
-    preset = get_preset(args.preset)
-    dataset = IHarmony4Dataset(args.data, subsets=args.subsets, split=args.split)
-    indices = _limit_indices(dataset, args.limit)
-    models = {}
-    for name in args.models:
-        label = f"{name} ({Path(args.checkpoint).name})" if args.checkpoint else name
-        models[label] = load_model_for_eval(name, args.checkpoint, model_args)
-    summaries, records = evaluate_models(
-        models,
-        dataset,
-        preset,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=not args.no_progress,
-        num_workers=args.workers,
-        ssim=args.ssim,
-        indices=indices,
-    )
-    print(format_table1(summaries))
-    print()
-    print(format_table2(summaries))
-    if args.out:
-        meta = {
-            "preset": preset.to_dict(),
-            "data": str(Path(args.data).resolve()),
-            "split": args.split,
-            "subsets": dataset.subsets,
-            "limit": args.limit,
-            "fg_ratio_buckets": [list(b) for b in FG_RATIO_BUCKETS],
-        }
-        csv_path, json_path = write_results(args.out, summaries, records, meta)
-        print(f"\nwrote {csv_path} and {json_path}")
-    return 0

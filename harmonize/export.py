@@ -1,4 +1,4 @@
-"""``harmonize export``: a model as an ONNX graph with dynamic batch, height and width.
+"""ONNX export: a model as an ONNX graph with dynamic batch, height and width.
 
 The graph takes the same inputs as the PyTorch model, ``image`` (B, 3, H, W) in 0..1 and
 ``mask`` (B, 1, H, W) in {0, 1}, and returns ``harmonized`` (B, 3, H, W), for any B, H
@@ -8,9 +8,11 @@ it was not traced at (1 x 3 x 200 x 328 by default, not a multiple of 16) and ch
 it matches PyTorch within ``1e-4``.
 
 How: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` then the ONNX translator),
-with every axis ``Dim.DYNAMIC``. Three pieces of the models are written for speed or
-memory in ways ``torch.export`` cannot keep general, so during export they are swapped for
-equivalents made of standard ops (same results to float rounding; the tests compare them):
+with every axis ``Dim.DYNAMIC``, under :func:`harmonize.exportable` (see
+:mod:`harmonize._config`). Three pieces of the models are written for speed or memory in
+ways ``torch.export`` cannot keep general; each layer checks :func:`harmonize.is_exportable`
+and takes an equivalent made of standard ops (same results to float rounding; the tests
+compare them). This module only exports: it patches nothing.
 
 - ``pad_to_multiple`` skips padding when none is needed: a Python ``if`` on the size that
   would freeze the graph to sizes that are (or are not) multiples of 16. Exported, it
@@ -20,9 +22,9 @@ equivalents made of standard ops (same results to float rounding; the tests comp
 - HDNet's Local Dynamic matches foreground to background in chunks of query positions (a
   Python loop over a size-dependent range); exported, all positions are matched at once,
   so its memory grows with ``(H/8 * W/8)^2``: run the graph at the working size (256), as
-  :mod:`harmonize.inference` does, and carry the result to full resolution.
+  :mod:`harmonize.highres` does, and carry the result to full resolution.
 
-Example::
+Command line (:mod:`harmonize.cli.export`)::
 
     harmonize export gknet --format onnx -o gknet.onnx
     python -c "import onnxruntime as ort; s = ort.InferenceSession('gknet.onnx'); print(s.get_inputs())"
@@ -30,107 +32,34 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
 import logging
 import os
 import re
-import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["export_onnx", "verify_onnx", "export_friendly"]
+from ._config import exportable
+from .errors import HarmonizeError
+from .utils.files import atomic_write
+
+__all__ = ["export_onnx", "verify_onnx", "ExportError", "DEFAULT_OPSET"]
 
 _logger = logging.getLogger(__name__)
+
+
+class ExportError(HarmonizeError, RuntimeError):
+    """A model the exporter cannot trace, or whose graph does not match PyTorch."""
+
 
 DEFAULT_OPSET = 18
 _CHECK_SHAPE = (1, 200, 328)  # (batch, height, width) of the check: neither the traced size nor a multiple of 16
 INPUT_NAMES = ("image", "mask")
 OUTPUT_NAMES = ("harmonized",)
-
-
-# --------------------------------------------------------------------------- export-friendly ops
-
-
-def _pad_to_multiple_always(x: Tensor, multiple: int) -> Tensor:
-    """``pad_to_multiple`` without the shortcut: pads by ``(-size) % multiple``, zero rows included."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
-
-
-def _kernel_modulation_ops(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tensor:
-    """:func:`harmonize.layers.kernel_modulation` as a sum of shifted slices (zero padding)."""
-    b, c, h, w = x.shape
-    k = kernel_size
-    r, kk = k // 2, k * k
-    shared = kernels.shape[1] == kk and c != 1
-    kv = kernels.reshape(b, 1 if shared else c, kk, h, w)
-    xp = F.pad(x, (r, r, r, r))
-    out = kv[:, :, kk // 2] * x
-    j = 0
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            if j != kk // 2:
-                out = out + kv[:, :, j] * xp[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
-            j += 1
-    return out
-
-
-def _local_dynamic_unchunked(
-    query_feat: Tensor,
-    key_feat: Tensor,
-    mask: Tensor,
-    top_k: int = 1,
-    chunk_size: int = 1024,
-    value_feat: Tensor | None = None,
-) -> Tensor:
-    """:func:`harmonize.layers.local_dynamic` with every query position matched at once."""
-    from .layers.local_dynamic import _flatten_features, _match, foreground_positions
-
-    value_feat = key_feat if value_feat is None else value_feat
-    b, _, h, w = query_feat.shape
-    fg = foreground_positions(mask, (h, w)).flatten(1)  # (B, N)
-    matched = _match(*_flatten_features(query_feat, key_feat, value_feat), fg, top_k)
-    matched = torch.where(fg[..., None], matched, torch.zeros((), dtype=matched.dtype, device=matched.device))
-    return matched.transpose(1, 2).reshape(b, -1, h, w)
-
-
-@contextlib.contextmanager
-def export_friendly() -> Iterator[None]:
-    """Swap the three size-dependent pieces (see the module docstring) for traceable equivalents."""
-    # Modules by full name: harmonize.layers re-exports a *function* called local_dynamic.
-    ld_module = importlib.import_module("harmonize.layers.local_dynamic")
-    gknet_module = importlib.import_module("harmonize.models.gknet")
-    _base = importlib.import_module("harmonize.models._base")
-
-    saved: list[tuple[Any, str, Any]] = []
-
-    def swap(module: Any, name: str, value: Any) -> None:
-        saved.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
-
-    try:
-        original = _base.pad_to_multiple
-        for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("harmonize.models.") and (
-                getattr(module, "pad_to_multiple", None) is original
-            ):
-                swap(module, "pad_to_multiple", _pad_to_multiple_always)
-        swap(gknet_module, "kernel_modulation", _kernel_modulation_ops)
-        swap(ld_module, "local_dynamic", _local_dynamic_unchunked)
-        yield
-    finally:
-        for module, name, value in reversed(saved):
-            setattr(module, name, value)
 
 
 # --------------------------------------------------------------------------- export
@@ -177,8 +106,6 @@ def export_onnx(
         >>> export_onnx(create_model("test_gknet"), "test_gknet.onnx")
         PosixPath('test_gknet.onnx')
     """
-    from .inference import publish
-
     path = Path(path)
     start = time.perf_counter()
     was_training = model.training
@@ -186,43 +113,37 @@ def export_onnx(
     # Batch 2: a size-1 example axis would be specialised to 1.
     image, mask = _example_inputs(2, size, size)
     axes = {0: "batch", 2: "height", 3: "width"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
     try:
-        with export_friendly(), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations
-            try:
-                program = torch.onnx.export(
-                    model,
-                    (image, mask),
-                    dynamo=True,
-                    dynamic_shapes={"image": axes, "mask": axes},
-                    input_names=list(INPUT_NAMES),
-                    output_names=list(OUTPUT_NAMES),
-                    opset_version=opset,
-                    optimize=True,
-                    verbose=False,
-                )
-            except ImportError:
-                raise
-            except Exception as e:  # the exporter's errors are pages long: keep their gist
-                raise RuntimeError(f"{_model_name(model)} cannot be exported to ONNX: {_gist(e)}") from e
-            program.save(tmp, external_data=False)
-        if verify:
-            diff = verify_onnx(model, tmp, _CHECK_SHAPE)
-            _logger.info("onnxruntime vs PyTorch at %s: max |difference| %.3g", _CHECK_SHAPE, diff)
-            if report is not None:
-                report.update(max_abs_diff=diff, check_shape=(_CHECK_SHAPE[0], 3, *_CHECK_SHAPE[1:]))
-            if not diff <= atol:
-                raise RuntimeError(
-                    f"the ONNX graph of {_model_name(model)} differs from PyTorch by {diff:.3g} (> {atol:g}) "
-                    "at 1x3x200x328; the file was not written"
-                )
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_write(path) as tmp:
+            with exportable(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations
+                try:
+                    program = torch.onnx.export(
+                        model,
+                        (image, mask),
+                        dynamo=True,
+                        dynamic_shapes={"image": axes, "mask": axes},
+                        input_names=list(INPUT_NAMES),
+                        output_names=list(OUTPUT_NAMES),
+                        opset_version=opset,
+                        optimize=True,
+                        verbose=False,
+                    )
+                except ImportError:
+                    raise
+                except Exception as e:  # the exporter's errors are pages long: keep their gist
+                    raise ExportError(f"{_model_name(model)} cannot be exported to ONNX: {_gist(e)}") from e
+                program.save(str(tmp), external_data=False)
+            if verify:
+                diff = verify_onnx(model, tmp, _CHECK_SHAPE)
+                _logger.info("onnxruntime vs PyTorch at %s: max |difference| %.3g", _CHECK_SHAPE, diff)
+                if report is not None:
+                    report.update(max_abs_diff=diff, check_shape=(_CHECK_SHAPE[0], 3, *_CHECK_SHAPE[1:]))
+                if not diff <= atol:
+                    raise ExportError(
+                        f"the ONNX graph of {_model_name(model)} differs from PyTorch by {diff:.3g} (> {atol:g}) "
+                        "at 1x3x200x328; the file was not written"
+                    )
     finally:
         model.train(was_training)
     if report is not None:
@@ -265,64 +186,3 @@ def verify_onnx(
     if out.shape != ref.shape:
         raise RuntimeError(f"the ONNX graph returned shape {out.shape}, PyTorch {ref.shape}")
     return float(abs(out - ref).max())
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="registered name, hf-hub:org/repo or local-dir:PATH")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset version (default: {DEFAULT_OPSET})")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="safetensors weights for MODEL")
-    p.add_argument("--untrained", action="store_true", help="export the architecture with its initial weights")
-    p.add_argument("--size", type=int, default=256, help="size of the example input traced (default: 256)")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import CommandError
-
-    out = Path(args.output)
-    if out.suffix.lower() != ".onnx":
-        raise CommandError(f"{out}: the output of --format onnx must end in .onnx")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise CommandError(f"{out}: is a folder")
-    if args.size < 32:
-        raise CommandError(f"--size must be at least 32, got {args.size}")
-    if args.untrained and args.checkpoint:
-        raise CommandError("--untrained and --checkpoint exclude each other")
-    if args.untrained:
-        from . import create_model
-        from ._registry import is_model
-
-        if not is_model(args.model):
-            raise CommandError(f"unknown model {args.model!r}; see `harmonize list`")
-        model = create_model(args.model, pretrained=False)
-    else:
-        from .inference import load_model
-
-        model = load_model(args.model, args.checkpoint)
-    if not args.no_verify:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise CommandError("the check needs onnxruntime (pip install 'harmonize[onnx]'), or pass --no-verify") from None
-    report: dict[str, Any] = {}
-    try:
-        export_onnx(model, out, opset=args.opset, size=args.size, verify=not args.no_verify, report=report)
-    except ImportError as e:
-        raise CommandError(f"ONNX export needs onnx and onnxscript (pip install 'harmonize[onnx]'): {e}") from None
-    except RuntimeError as e:
-        raise CommandError(str(e)) from None
-    mb = out.stat().st_size / 2**20
-    print(f"wrote {out} ({mb:.1f} MB, opset {args.opset}, {report['seconds']:.0f} s): inputs image "
-          "(batch, 3, height, width) and mask (batch, 1, height, width) -> harmonized (batch, 3, height, width)")
-    if not args.no_verify:
-        shape = "x".join(str(d) for d in report["check_shape"])
-        print(f"onnxruntime vs PyTorch at {shape}: max |difference| = {report['max_abs_diff']:.2e}")
-    return 0

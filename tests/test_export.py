@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
@@ -14,13 +12,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from harmonize.export import (  # noqa: E402
-    _kernel_modulation_ops,
-    _local_dynamic_unchunked,
-    export_friendly,
-    export_onnx,
-    verify_onnx,
-)
+from harmonize.export import export_onnx, verify_onnx  # noqa: E402
 
 
 def _randomized(name: str) -> torch.nn.Module:
@@ -65,28 +57,56 @@ def test_export_command(tmp_path, capsys) -> None:
     assert rc == 2 and "--overwrite" in err and "Traceback" not in err
     assert main(["export", "composite", "-o", str(tmp_path / "c.pt")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
-    if not harmonize.list_pretrained("gknet.*"):
-        assert main(["export", "gknet", "-o", str(tmp_path / "g.onnx")]) == 2
-        assert "no pretrained weights" in capsys.readouterr().err
+    assert "gknet_large" not in {n.split(".")[0] for n in harmonize.list_pretrained()}
+    assert main(["export", "gknet_large", "-o", str(tmp_path / "g.onnx")]) == 2
+    assert "no pretrained weights" in capsys.readouterr().err
     assert not (tmp_path / "g.onnx").exists()
+    # arguments are checked before a model loads
+    assert main(["export", "gknet", "-o", str(tmp_path / "g.onnx"), "--opset", "99"]) == 2
+    assert "--opset must be between" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["export", "composite", "-o", str(tmp_path / "file" / "c.onnx")]) == 2
+    assert "not a folder" in capsys.readouterr().err
 
 
-def test_export_friendly_ops_equal_the_originals() -> None:
+def test_layers_take_their_traceable_path_when_exportable() -> None:
     from harmonize.layers import kernel_modulation, local_dynamic
+    from harmonize.models._base import pad_to_multiple
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 9, 11, generator=g)
-    for kernels in (torch.randn(2, 45, 9, 11, generator=g), torch.randn(2, 9, 9, 11, generator=g)):
-        assert torch.allclose(_kernel_modulation_ops(x, kernels, 3), kernel_modulation(x, kernels, 3), atol=1e-5)
     f = torch.randn(2, 8, 6, 7, generator=g)
     mask = torch.zeros(2, 1, 48, 56)
     mask[0, :, 8:30, 10:40] = 1
     mask[1, :, 20:, :] = 1
-    for k in (1, 3):
-        assert torch.allclose(_local_dynamic_unchunked(f, f, mask, k), local_dynamic(f, f, mask, k, chunk_size=5), atol=1e-6)
-    gk = importlib.import_module("harmonize.models.gknet")
-    ld = importlib.import_module("harmonize.layers.local_dynamic")
-    before = (gk.kernel_modulation, gk.pad_to_multiple, ld.local_dynamic)
-    with export_friendly():
-        assert gk.kernel_modulation is _kernel_modulation_ops and ld.local_dynamic is _local_dynamic_unchunked
-    assert (gk.kernel_modulation, gk.pad_to_multiple, ld.local_dynamic) == before
+    kernels = [torch.randn(2, 45, 9, 11, generator=torch.Generator().manual_seed(1)), torch.randn(2, 9, 9, 11, generator=g)]
+    eager_km = [kernel_modulation(x, k, 3) for k in kernels]
+    eager_ld = [local_dynamic(f, f, mask, k, chunk_size=5) for k in (1, 3)]
+    square = torch.randn(1, 3, 32, 32)
+    assert pad_to_multiple(square, 16) is square  # eager: the shortcut
+    assert not harmonize.is_exportable()
+    with harmonize.exportable():
+        assert harmonize.is_exportable()
+        for k, ref in zip(kernels, eager_km):
+            out = kernel_modulation(x, k, 3)
+            assert out.grad_fn is None or "KernelModulationFn" not in type(out.grad_fn).__name__
+            assert torch.allclose(out, ref, atol=1e-5)
+        for k, ref in zip((1, 3), eager_ld):
+            assert torch.allclose(local_dynamic(f, f, mask, k, chunk_size=5), ref, atol=1e-6)
+        padded = pad_to_multiple(square, 16)
+        assert padded is not square and torch.equal(padded, square)  # pads by zero rows: no size test
+    assert not harmonize.is_exportable()
+    # a kernel modulation that needs gradients shows which path ran
+    xg = x.clone().requires_grad_()
+    assert "KernelModulation" in type(kernel_modulation(xg, kernels[0], 3).grad_fn).__name__
+    with harmonize.exportable():
+        assert "KernelModulation" not in type(kernel_modulation(xg, kernels[0], 3).grad_fn).__name__
+
+
+def test_export_patches_no_module() -> None:
+    import inspect
+
+    import harmonize.export as export
+
+    source = inspect.getsource(export)
+    assert "sys.modules" not in source and "setattr(" not in source

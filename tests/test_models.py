@@ -13,7 +13,9 @@ SLOW = [m for m in MODELS if m not in FAST]
 
 
 def _inputs(b=2, h=37, w=50):
-    image = torch.rand(b, 3, h, w)
+    g = torch.Generator().manual_seed(b * 1000 + h * w)
+    # images of different colours, so that the pooled statistics differ between them
+    image = torch.rand(b, 3, h, w, generator=g) * (0.3 + 0.7 * torch.rand(b, 3, 1, 1, generator=g))
     mask = torch.zeros(b, 1, h, w)
     mask[:, :, 8:25, 10:30] = 1
     return image, mask
@@ -30,10 +32,18 @@ def _check_contract(name: str) -> None:
     assert torch.equal(out[bg], image[bg]), "the background must come back bit for bit"
     params = [p for p in model.parameters() if p.requires_grad]
     if params:
+        # Nudge every weight: GKNet's zero-initialised output head would otherwise pass
+        # all-zero gradients upstream, and a test of "a gradient exists" could not fail.
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.05 * torch.randn_like(p))
+        out = model(image, mask)
+        target = torch.rand_like(image)
         model.zero_grad()
-        ((out - image) ** 2).sum().backward() if out.requires_grad else None
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
-        assert not missing, f"parameters without a gradient: {missing[:5]}"
+        ((out - target) ** 2).sum().backward()
+        dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        assert not dead, f"parameters without a non-zero gradient: {dead[:5]}"
     model.eval()
     with torch.no_grad():
         out = model(image, mask)

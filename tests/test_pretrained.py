@@ -1,34 +1,102 @@
-"""The shipped weights: load offline from the package, strictly, and harmonize real composites."""
+"""The shipped weights: every tag loads strictly on the architecture its name builds, offline,
+gives pinned outputs, and harmonizes real composites."""
+
+import warnings
 
 import pytest
 import torch
 
 import harmonize
+from harmonize._hub import load_state_dict, load_weights
+from harmonize._registry import split_model_name_tag
 from harmonize.data import IHarmony4Dataset
 from harmonize.metrics import fmse
 
-# family name -> its best shipped weights; the family's default tag carries them (the small
-# variant's weights, with the widths they need)
-SHIPPED = {"gknet": "gknet_small.labelme_long", "hdnet": "hdnet_small.labelme"}
-PAPER_WIDTH = {"gknet": ("widths", (32, 64, 128, 256, 256)), "hdnet": ("base_width", 32)}
+# family name -> its best shipped weights: the family's default tag
+BEST = {"gknet": "gknet.labelme_long", "hdnet": "hdnet.labelme"}
+
+# A few numbers of each shipped weight's output on a fixed input: the foreground's mean
+# per channel, its std, and one pixel. Measured before the registry refactor (commit
+# 14ca5a0, when the tags were gknet_small.* / hdnet_small.*) and unchanged by it; a change
+# of results (a refactor, a new op) fails here.
+PINNED = {
+    "gknet.labelme": ([0.62298, 0.56292, 0.47627], 0.16162, [0.72912, 0.62676, 0.61199]),
+    "gknet.labelme_long": ([0.64636, 0.57628, 0.49656], 0.16280, [0.76107, 0.66082, 0.64115]),
+    "hdnet.labelme": ([0.54695, 0.54091, 0.48808], 0.12641, [0.59677, 0.55892, 0.54644]),
+}
 
 
-@pytest.mark.parametrize("family", sorted(SHIPPED))
-def test_family_pretrained_is_the_best_we_have(family):
-    tag = SHIPPED[family].split(".")[1]
-    assert {f"{family}.{tag}", SHIPPED[family], f"{family}.labelme"} <= set(harmonize.list_pretrained())
-    assert harmonize.get_pretrained_cfg(family).tag == tag  # the default tag
+def _fixed_input() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1234)
+    torch.rand(1, 3, 64, 80, generator=g)  # keeps the draws of the pinned numbers
+    image = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 8, 10, generator=g), size=(64, 80), mode="bilinear", align_corners=False
+    )
+    mask = torch.zeros(1, 1, 64, 80)
+    mask[..., 16:48, 20:60] = 1
+    image[..., 16:48, 20:60] = image[..., 16:48, 20:60] * torch.tensor([1.2, 0.8, 0.7]).view(1, 3, 1, 1)
+    return image.clamp(0, 1), mask
+
+
+def test_every_shipped_weight_is_pinned():
+    assert set(PINNED) == set(harmonize.list_pretrained())
+
+
+@pytest.mark.parametrize("tag", harmonize.list_pretrained())
+def test_tag_loads_strictly_on_the_architecture_its_name_builds(tag):
+    arch, _ = split_model_name_tag(tag)
+    plain = harmonize.create_model(arch).eval()
+    cfg = harmonize.get_pretrained_cfg(tag)
+    from harmonize._builder import resolve_weights_file
+
+    load_weights(plain, load_state_dict(resolve_weights_file(cfg)), source=tag)  # strict: raises on any mismatch
+    pretrained = harmonize.create_model(tag, pretrained=True).eval()
+    assert type(plain) is type(pretrained) and plain.model_args == pretrained.model_args == {}
+    assert repr(plain) == repr(pretrained)  # the same modules, sizes and settings
+    image, mask = _fixed_input()
+    with torch.no_grad():
+        assert torch.equal(plain(image, mask), pretrained(image, mask))
+
+
+@pytest.mark.parametrize("tag", sorted(PINNED))
+def test_pinned_outputs(tag):
+    model = harmonize.create_model(tag, pretrained=True).eval()
+    image, mask = _fixed_input()
+    with torch.no_grad():
+        out = model(image, mask)
+    fg = out[..., 16:48, 20:60]
+    means, std, pixel = PINNED[tag]
+    assert fg.mean((0, 2, 3)).tolist() == pytest.approx(means, abs=2e-5)
+    assert float(fg.std()) == pytest.approx(std, abs=2e-5)
+    assert out[0, :, 30, 40].tolist() == pytest.approx(pixel, abs=2e-5)
+    assert torch.equal(out[mask.expand_as(out) == 0], image[mask.expand_as(image) == 0])
+
+
+@pytest.mark.parametrize("family", sorted(BEST))
+def test_family_pretrained_is_the_best_we_have_on_the_same_network(family):
+    assert harmonize.get_pretrained_cfg(family).name == BEST[family]  # the default tag
     model = harmonize.create_model(family, pretrained=True)
-    small = harmonize.create_model(SHIPPED[family], pretrained=True)
-    attr, paper = PAPER_WIDTH[family]
-    assert getattr(model, attr) == getattr(small, attr) != paper
-    for a, b in zip(model.state_dict().values(), small.state_dict().values()):
+    best = harmonize.create_model(BEST[family], pretrained=True)
+    untrained = harmonize.create_model(family)
+    assert repr(model) == repr(best) == repr(untrained)  # a tag never changes the network
+    for a, b in zip(model.state_dict().values(), best.state_dict().values()):
         assert torch.equal(a, b)
-    # without weights, the family name is the paper-scale network
-    assert getattr(harmonize.create_model(family), attr) == paper
 
 
-@pytest.mark.parametrize("name", ["gknet", "gknet_small.labelme", "hdnet"])
+@pytest.mark.parametrize("old, new", [("gknet_small.labelme_long", "gknet.labelme_long"), ("hdnet_small", "hdnet")])
+def test_deprecated_names_warn_and_give_the_same_weights(old, new):
+    with pytest.warns(FutureWarning, match=f"use '{new}'"):
+        a = harmonize.create_model(old, pretrained=True)
+    b = harmonize.create_model(new, pretrained=True)
+    assert a.architecture == split_model_name_tag(new)[0]
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        harmonize.create_model(new)  # current names do not warn
+
+
+@pytest.mark.parametrize("name", ["gknet", "gknet.labelme", "hdnet"])
 def test_pretrained_model_improves_real_composites(labelme, name):
     model = harmonize.create_model(name, pretrained=True).eval()
     ds = IHarmony4Dataset(labelme, ["LabelMe"], split="test")
@@ -41,7 +109,7 @@ def test_pretrained_model_improves_real_composites(labelme, name):
     assert after < 0.9 * before, (before, after)
 
 
-@pytest.mark.parametrize("family", sorted(SHIPPED))
+@pytest.mark.parametrize("family", sorted(BEST))
 def test_save_pretrained_of_shipped_weights_roundtrips(tmp_path, family):
     model = harmonize.create_model(family, pretrained=True)
     fmse_card = model.pretrained_cfg.metrics["LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)"].split(" / ")[0]
@@ -49,6 +117,19 @@ def test_save_pretrained_of_shipped_weights_roundtrips(tmp_path, family):
     card = (out / "README.md").read_text()
     assert "LabelMe" in card and fmse_card in card
     again = harmonize.create_model(f"local-dir:{out}", pretrained=True)
-    assert again.architecture == family and again.model_args == model.model_args
+    assert again.architecture == family and again.model_args == model.model_args == {}
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tag", harmonize.list_pretrained())
+def test_shipped_folder_config_names_the_architecture(tag):
+    import json
+
+    from harmonize._builder import resolve_weights_file
+
+    folder = resolve_weights_file(harmonize.get_pretrained_cfg(tag))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == split_model_name_tag(tag)[0] and config["model_args"] == {}
+    loaded = harmonize.create_model(f"local-dir:{folder}", pretrained=True)
+    assert repr(loaded) == repr(harmonize.create_model(split_model_name_tag(tag)[0]))

@@ -30,11 +30,12 @@ def _trained_like(model):
 
 def test_list_models_and_filters():
     names = list_models()
-    assert {"gknet", "gknet_small", "test_gknet"} <= set(names)
+    assert {"gknet", "gknet_large", "test_gknet"} <= set(names)
+    assert "gknet_small" not in names  # a deprecated alias: it resolves, it is not listed
     assert names == sorted(names)
     assert list_models("gknet*") == [n for n in names if n.startswith("gknet")]
     assert all("." in n for n in list_pretrained())
-    assert set(list_pretrained()) <= {f"{a}.{t}" for a, t in map(split_model_name_tag, list_pretrained())}
+    assert {split_model_name_tag(n)[0] for n in list_pretrained()} <= set(names)  # weights belong to listed architectures
 
 
 def test_unknown_names_are_clear_errors():
@@ -196,3 +197,27 @@ def test_pretrained_cfg_dict_roundtrip():
     assert PretrainedCfg.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown pretrained_cfg_overlay keys"):
         cfg.overlay(nope=1)
+
+
+def test_registry_hands_out_copies():
+    cfg = harmonize.get_pretrained_cfg("gknet")
+    cfg.metrics["x"] = 1
+    cfg.file = "elsewhere"
+    assert "x" not in harmonize.get_pretrained_cfg("gknet").metrics
+    model = create_model("gknet")
+    model.pretrained_cfg.metrics["y"] = 2
+    assert "y" not in harmonize.get_pretrained_cfg("gknet").metrics and "y" not in create_model("gknet").pretrained_cfg.metrics
+
+
+def test_local_dir_never_leaves_the_disk(tmp_path, monkeypatch):
+    import harmonize._hub as hub
+
+    def offline(*args, **kwargs):
+        raise AssertionError("local-dir: must not reach the Hub")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        create_model("local-dir:org/typo", pretrained=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        create_model(f"local-dir:{tmp_path / 'file'}", pretrained=True)

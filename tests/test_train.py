@@ -3,6 +3,9 @@
 import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +21,15 @@ from harmonize.data import (
     SyntheticCompositeDataset,
 )
 from harmonize.losses import ForegroundMSELoss, foreground_mse_loss
-from harmonize.train import ResumableSampler, TrainConfig, Trainer, TrainingDiverged
-from harmonize.train.cli import build_and_train
+from harmonize.train import (
+    ResumableSampler,
+    RunConfig,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint_state,
+    train,
+)
 from harmonize.train.trainer import lr_lambda
 
 SIZE = 48
@@ -163,7 +173,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(labelme, tmp_path):
     trainer = _trainer(labelme, tmp_path, steps=10, loss_fn=nan_at_5)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last\.pt"):
         trainer.fit()
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = load_checkpoint_state(tmp_path / "last.pt")
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
@@ -183,7 +193,7 @@ def _ddp_worker(rank, world, port, data, out, queue):
         "workers": 0, "synthetic": 0.7, "crop_scale": 0.8, "eval_split": "none", "eval_limit": 0, "eval_every": 0,
         "ckpt_every": 3, "log_every": 1, "seed": 0, "init": None, "model_args": {},
     }
-    build_and_train(opts, out, progress=False)
+    train(RunConfig.from_dict({**opts, "progress": False}), out)
     import torch.distributed as dist
 
     from harmonize._hub import load_state_dict
@@ -204,7 +214,7 @@ def test_ddp_two_processes_gloo(labelme, tmp_path):
     assert results[0] == results[1]
     log = (tmp_path / "log.csv").read_text().splitlines()
     assert len(log) == 4  # rank 0 alone writes: header + 3 steps
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = load_checkpoint_state(tmp_path / "last.pt")
     assert state["step"] == 3
 
 
@@ -223,8 +233,61 @@ def test_train_cli_with_config_file_and_resume(labelme, tmp_path, capsys):
     assert cli(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert cli(["train", "--config", str(cfg), "--out", str(out), "--steps", "3", "--resume", "--no-progress"]) == 0
-    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+    assert load_checkpoint_state(out / "last.pt")["step"] == 3
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"modle": "x"}))
     assert cli(["train", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert "unknown options ['modle']" in capsys.readouterr().err
+
+
+def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "harmonize", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_with_default_evaluation_finishes_and_resumes(labelme, tmp_path):
+    # evaluation on (the default test list), sharded over the two gloo ranks and gathered
+    out = tmp_path / "run"
+    base = ["train", "--model", "test_gknet", "--data", str(labelme), "--subsets", "LabelMe", "--size", "32",
+            "--batch-size", "2", "--workers", "0", "--out", str(out), "--no-progress"]
+    first = _torchrun([*base, "--steps", "3"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("weights:") == 1  # rank 0 speaks for the run
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3] and rows[0]["overall/count"] == 200  # every test image, once
+    assert load_checkpoint_state(out / "last.pt")["step"] == 3 and (out / "final" / "model.safetensors").is_file()
+    again = _torchrun([*base, "--steps", "5", "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 5] and rows[1]["overall/count"] == 200
+    assert load_checkpoint_state(out / "last.pt")["step"] == 5
+
+
+def test_shard_sampler_covers_every_item_once():
+    from harmonize.train import ShardSampler
+
+    parts = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == list(range(11))
+    assert [len(ShardSampler(11, rank=r, world_size=3)) for r in range(3)] == [4, 4, 3]
+
+
+def test_run_config_is_the_one_schema(tmp_path):
+    import dataclasses
+
+    from harmonize.cli import build_parser
+    from harmonize.errors import ConfigError
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest for a in train_parser._actions} - {"help", "config", "out", "resume", "device", "no_progress"}
+    assert flags <= fields, flags - fields  # every flag is a field of the run configuration
+    assert TrainConfig is RunConfig
+    for repo_config in sorted(Path(__file__).resolve().parents[1].glob("configs/*.json")):
+        RunConfig.from_file(repo_config)  # every shipped config loads and validates
+    with pytest.raises(ConfigError, match="batch_size must be an integer"):
+        RunConfig.from_dict({"batch_size": "4"})
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        RunConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="schedule must be one of"):
+        RunConfig(schedule="linear")

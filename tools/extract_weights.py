@@ -1,6 +1,6 @@
 """Write the model (or EMA) weights of a training checkpoint as a safetensors file.
 
-    python tools/extract_weights.py runs/gknet_small_a/last.pt runs/gknet_small_a/step2500_model.safetensors
+    python tools/extract_weights.py runs/gknet_a/last.pt runs/gknet_a/step2500_model.safetensors
 
 The file is what a later phase's ``init`` reads. The checkpoint's step is printed, so a file
 named after a step can be checked against it.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from safetensors.torch import save_file
+
+from harmonize.train import load_checkpoint_state
 
 
 def main() -> None:
@@ -20,7 +21,7 @@ def main() -> None:
     p.add_argument("out", help="safetensors file to write")
     p.add_argument("--ema", action="store_true", help="take the EMA weights instead of the model's")
     args = p.parse_args()
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint_state(args.checkpoint)  # never runs code from the file
     weights = state["ema"] if args.ema else state["model"]
     if weights is None:
         raise SystemExit(f"{args.checkpoint}: the run kept no EMA weights")

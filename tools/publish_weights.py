@@ -1,6 +1,6 @@
 """Turn a training run into a shipped pretrained tag: score it, write the Hub folder.
 
-    python tools/publish_weights.py runs/gknet_small_b/final harmonize/weights/gknet_small.labelme \
+    python tools/publish_weights.py runs/gknet_b/final harmonize/weights/gknet.labelme \
         --data ../shared/data/labelme-harmony --recipe "..." --hardware "..." --hours 2.1 --steps 3300
 
 Scores the weights on the test list (iHarmony4 protocol and the iSSAM convention), checks that

@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["load_image", "load_mask", "image_to_tensor", "mask_to_tensor", "ImageReadError"]
+from ..errors import ImageReadError, InvalidInputError, UsageError
+from ..utils.files import atomic_write
 
+__all__ = [
+    "load_image",
+    "load_mask",
+    "image_to_tensor",
+    "mask_to_tensor",
+    "to_uint8_hwc",
+    "save_image",
+    "output_format",
+    "read_header",
+    "check_same_size",
+    "ImageReadError",
+    "IMAGE_EXTENSIONS",
+    "OUTPUT_EXTENSIONS",
+]
 
-class ImageReadError(ValueError):
-    """A file that is missing or cannot be decoded as an image; the message names it."""
+#: File extensions read as images (folder mode lists these).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+#: File extensions written by :func:`save_image`.
+OUTPUT_EXTENSIONS = tuple(_FORMATS)
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
@@ -62,7 +88,7 @@ def image_to_tensor(img: Image.Image | np.ndarray) -> Tensor:
         if a.ndim == 2:
             a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
+        raise InvalidInputError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
     a = a[..., :3]  # alpha is ignored
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
@@ -97,7 +123,7 @@ def mask_to_tensor(img: Image.Image | np.ndarray, threshold: float | None = 0.5)
         if a.ndim == 2:
             a = a[..., None]
     if a.ndim != 3:
-        raise ValueError(f"mask must be (H, W) or (H, W, C), got {a.shape}")
+        raise InvalidInputError(f"mask must be (H, W) or (H, W, C), got {a.shape}")
     a = a[..., :3].mean(axis=2, keepdims=True)
     t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).clamp_(0, 1)
     if threshold is not None:
@@ -149,3 +175,73 @@ def load_image(path: str | os.PathLike) -> Tensor:
 def load_mask(path: str | os.PathLike, threshold: float | None = 0.5) -> Tensor:
     """Read a mask file -> (1, H, W) float32 (see :func:`mask_to_tensor`)."""
     return mask_to_tensor(_open(path), threshold)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_uint8_hwc(x: Tensor) -> np.ndarray:
+    """(3, H, W) in 0..1 -> (H, W, 3) uint8."""
+    return x.detach().float().cpu().mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The Pillow format written for ``path``'s extension, or a ValueError naming it."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _FORMATS:
+        raise UsageError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use .jpg, .png, .webp or .tif")
+    return _FORMATS[suffix]
+
+
+def save_image(
+    image: Tensor, path: str | os.PathLike, quality: int = 95, icc_profile: bytes | None = None
+) -> Path:
+    """Write a (3, H, W) image in 0..1 as 8-bit RGB, atomically; the format follows the extension.
+
+    The file is written under a temporary name in the same folder and renamed into place
+    (``os.replace``): a reader never sees a half-written file, and a failure leaves no file.
+    JPEG and WebP are written at ``quality``; ``icc_profile`` (the input's) is embedded.
+    """
+    path = Path(path)
+    fmt = output_format(path)
+    arr = to_uint8_hwc(image)
+    opts: dict[str, Any] = {}
+    if fmt in ("JPEG", "WEBP"):
+        opts["quality"] = quality
+    if icc_profile:
+        opts["icc_profile"] = icc_profile
+    with atomic_write(path) as tmp:
+        Image.fromarray(arr).save(tmp, format=fmt, **opts)
+    return path
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def read_header(path: Path) -> tuple[tuple[int, int], tuple[int, int], bytes | None]:
+    """(width, height) as displayed (EXIF orientation applied), as stored, and the ICC profile."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image")
+    try:
+        with Image.open(path) as im:
+            stored = im.size
+            orientation = im.getexif().get(0x0112, 1)
+            icc = im.info.get("icc_profile")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: cannot read as an image ({e})") from e
+    shown = (stored[1], stored[0]) if orientation in (5, 6, 7, 8) else stored
+    return shown, stored, icc
+
+
+def check_same_size(image: Path, mask: Path) -> bytes | None:
+    """Raise naming both files when the mask is not the size of the image; return the ICC profile."""
+    (iw, ih), stored, icc = read_header(image)
+    (mw, mh), _, _ = read_header(mask)
+    if (iw, ih) != (mw, mh):
+        hint = ""
+        if (mw, mh) == stored and stored != (iw, ih):
+            hint = " (the image's EXIF orientation rotates it; the mask must match the image as displayed)"
+        raise InvalidInputError(f"{mask} is {mw}x{mh} but {image} is {iw}x{ih}: a mask must be the size of its image{hint}")
+    return icc

@@ -9,8 +9,11 @@ the input: memory stays near the size of the kernels themselves.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from .._config import is_exportable
 
 __all__ = ["kernel_modulation", "KernelModulation"]
 
@@ -208,6 +211,23 @@ class _KernelModulationFn(torch.autograd.Function):
         return grad_x, grad_k, None, None
 
 
+def _kernel_modulation_traceable(x: Tensor, kernels: Tensor, k: int, shared: bool) -> Tensor:
+    """The same sum as a plain loop over shifted slices of a zero-padded ``x``: what a tracer
+    (ONNX, ``torch.export``) can follow, where the custom autograd function is opaque."""
+    b, c, h, w = x.shape
+    r, kk = k // 2, k * k
+    kv = kernels.reshape(b, 1 if shared else c, kk, h, w)
+    xp = F.pad(x, (r, r, r, r))
+    out = kv[:, :, kk // 2] * x
+    j = 0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if j != kk // 2:
+                out = out + kv[:, :, j] * xp[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
+            j += 1
+    return out
+
+
 def kernel_modulation(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tensor:
     """Filter every pixel of ``x`` with its own ``k x k`` kernel (zero padding).
 
@@ -234,6 +254,8 @@ def kernel_modulation(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tenso
     _, shared = _check(x, kernels, kernel_size)
     if kernels.dtype != x.dtype:
         kernels = kernels.to(x.dtype)
+    if is_exportable():
+        return _kernel_modulation_traceable(x, kernels, kernel_size, shared)
     return _KernelModulationFn.apply(x, kernels.contiguous(), kernel_size, shared)
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._config import is_exportable
+
 __all__ = ["LocalDynamic", "foreground_positions", "local_dynamic"]
 
 
@@ -148,8 +150,11 @@ def local_dynamic(
     n = h * w
     fg = foreground_positions(mask, (h, w)).flatten(1)  # (B, N)
     q, k, v = _flatten_features(query_feat, key_feat, value_feat)
-    kk = min(top_k, n)
-    matched = torch.cat([_match(q[:, s : s + chunk_size], k, v, fg, kk) for s in range(0, n, chunk_size)], dim=1)
+    if is_exportable():  # one match over every position: no loop whose length depends on the size
+        matched = _match(q, k, v, fg, top_k)
+    else:
+        kk = min(top_k, n)
+        matched = torch.cat([_match(q[:, s : s + chunk_size], k, v, fg, kk) for s in range(0, n, chunk_size)], dim=1)
     matched = torch.where(fg[..., None], matched, torch.zeros((), dtype=matched.dtype, device=matched.device))
     return matched.transpose(1, 2).reshape(b, cv, h, w)
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .._builder import build_model_with_cfg
 from .._pretrained import PretrainedCfg
-from .._registry import generate_default_cfgs, register_model
+from .._registry import generate_default_cfgs, register_deprecated_name, register_model
 from ..layers import LocalDynamic, MaskGlobalDynamic, RegionAwareInstanceNorm
 from ._base import blend, check_inputs, pad_to_multiple
 
@@ -189,41 +189,32 @@ _PAPER_URL = "https://arxiv.org/abs/2312.06886"
 # Weights trained here under the shipped GKNet's budget, shipped inside the package (the
 # save_pretrained folder is what push_to_hub publishes). Scores: the folder's model card,
 # docs/models/hdnet.md and docs/comparison.md.
-_LABELME = dict(
-    file="weights/hdnet_small.labelme",
-    paper=_PAPER,
-    paper_url=_PAPER_URL,
-    license="apache-2.0",
-    trained_on="LabelMe-Harmony train (1402 photos), composites made on the fly",
-    metrics={"LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)": "775.3 / 186.8 / 28.33"},
-)
-
 default_cfgs = generate_default_cfgs(
     {
-        # hdnet's best weights today are hdnet_small's: the tag carries the width they need.
-        "hdnet.labelme": PretrainedCfg(**_LABELME, model_args={"base_width": 16}),
-        "hdnet.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
-        "hdnet_small.labelme": PretrainedCfg(**_LABELME),
-        "hdnet_small.untrained": PretrainedCfg(
-            paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"
+        "hdnet.labelme": PretrainedCfg(
+            file="weights/hdnet.labelme",
+            paper=_PAPER,
+            paper_url=_PAPER_URL,
+            license="apache-2.0",
+            trained_on="LabelMe-Harmony train (1402 photos), composites made on the fly",
+            metrics={"LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)": "775.3 / 186.8 / 28.33"},
         ),
-        "test_hdnet.untrained": PretrainedCfg(
-            paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"
-        ),
+        "hdnet_large.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
+        "test_hdnet.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
     }
 )
 
 
 @register_model
 def hdnet(pretrained: bool = False, **kwargs: Any) -> HDNet:
-    """HDNet at paper scale: widths 32..256, LD with K=1, MGD at three levels, RAIN decoder."""
-    return _create_hdnet("hdnet", pretrained, **kwargs)
+    """HDNet as we ship it: widths 16..128 (a quarter of the paper's parameters), LD, MGD, RAIN."""
+    return _create_hdnet("hdnet", pretrained, variant_args={"base_width": 16}, **kwargs)
 
 
 @register_model
-def hdnet_small(pretrained: bool = False, **kwargs: Any) -> HDNet:
-    """HDNet at a quarter of the parameters (widths 16..128), sized to train on a CPU in hours."""
-    return _create_hdnet("hdnet_small", pretrained, variant_args={"base_width": 16}, **kwargs)
+def hdnet_large(pretrained: bool = False, **kwargs: Any) -> HDNet:
+    """HDNet at the paper's scale: widths 32..256, LD with K=1, MGD at three levels, RAIN decoder."""
+    return _create_hdnet("hdnet_large", pretrained, **kwargs)
 
 
 @register_model
@@ -232,3 +223,7 @@ def test_hdnet(pretrained: bool = False, **kwargs: Any) -> HDNet:
     return _create_hdnet(
         "test_hdnet", pretrained, variant_args={"base_width": 2, "ld_chunk_size": 16}, **kwargs
     )
+
+
+# hdnet_small was this network before hdnet became it.
+register_deprecated_name("hdnet_small", "hdnet")

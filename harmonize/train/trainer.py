@@ -19,7 +19,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
+from ..errors import HarmonizeError
+from ..utils.files import atomic_write, atomic_write_text
+from .config import RunConfig, TrainConfig
+
 __all__ = [
     "TrainConfig",
+    "RunConfig",
     "Trainer",
+    "load_checkpoint_state",
+    "ShardSampler",
     "TrainingDiverged",
+    "CheckpointError",
     "ResumableSampler",
     "lr_lambda",
     "seed_everything",
@@ -41,55 +48,15 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(HarmonizeError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything about a run that is not an object. JSON-able; saved with every checkpoint.
-
-    The defaults are the GKNet paper's recipe: Adam, lr 1e-4, betas (0.9, 0.999),
-    eps 1e-8, constant learning rate.
-    """
-
-    steps: int = 1000
-    stop_at: int = 0  # end after this step; the schedule still spans `steps`. 0: run to `steps`
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant" | "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 0.0  # 0: off
-    ema_decay: float = 0.0  # 0: off
-    amp: str = "auto"  # "auto" | "bf16" | "fp16" | "none"
-    channels_last: bool = True
-    log_every: int = 20
-    eval_every: int = 0  # 0: only at the end (when an eval loader is given)
-    ckpt_every: int = 500
-    seed: int = 0
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # what built the run (model, data...), for the record
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training options: {sorted(unknown)}")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+class CheckpointError(HarmonizeError, ValueError):
+    """A checkpoint that cannot be read safely, or does not fit the run resuming from it."""
 
 
-def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+def lr_lambda(config: RunConfig) -> Callable[[int], float]:
     """Learning-rate factor per step: linear warm-up, then constant or cosine to ``min_lr_ratio``."""
     if config.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {config.schedule!r}")
@@ -146,22 +113,70 @@ class ResumableSampler(Sampler[int]):
         return self.length // self.world_size - self.start
 
 
+class ShardSampler(Sampler[int]):
+    """Rank ``r`` of ``n`` gets items ``r, r + n, r + 2n, ...``: every item once over all ranks, none twice.
+
+    For evaluation under DDP: each rank scores its share and the metrics gather the records.
+    """
+
+    def __init__(self, length: int, rank: int | None = None, world_size: int | None = None) -> None:
+        self.length = length
+        self.rank = rank if rank is not None else (dist.get_rank() if dist.is_initialized() else 0)
+        self.world_size = world_size if world_size is not None else (dist.get_world_size() if dist.is_initialized() else 1)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def load_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a trainer checkpoint without running code from it (``torch.load(weights_only=True)``).
+
+    Only tensors, numbers, strings and containers load; a file that needs anything else
+    (a planted pickle) is refused. Checkpoints of harmonize 0.1 hold numpy RNG state, whose
+    array reconstruction is allowed explicitly.
+    """
+    import pickle
+
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    reconstruct = getattr(getattr(np, "_core", np).multiarray, "_reconstruct", None)
+    if reconstruct is not None:
+        allowed.append(reconstruct)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a checkpoint this trainer wrote, refused ({first})") from None
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".tmp") as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state in types ``torch.load(weights_only=True)`` reads: tensors, numbers, lists."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -195,7 +210,7 @@ class Trainer:
         loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
         optimizer: torch.optim.Optimizer,
         train_loader: DataLoader,
-        config: TrainConfig,
+        config: RunConfig,
         out_dir: str | os.PathLike,
         eval_loader: DataLoader | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -269,7 +284,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore everything saved by :meth:`save_checkpoint`, to continue exactly."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint_state(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -384,7 +399,7 @@ class Trainer:
             raise ValueError(f"stop_at must be between 0 and steps ({cfg.steps}), got {cfg.stop_at}")
         end = cfg.stop_at or cfg.steps
         if self.is_main:
-            (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         tb = None
         if self.is_main:
             try:

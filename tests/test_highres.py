@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import harmonize
 from harmonize.data.io import load_image
-from harmonize.inference import (
+from harmonize.highres import (
     Harmonizer,
     apply_color_transform,
     clean_mask,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ._registry import list_models, list_pretrained
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("filter", nargs="?", default="", help="wildcard, e.g. 'gknet*'")
@@ -13,6 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    names = list_pretrained(args.filter) if args.pretrained else list_models(args.filter)
+    import harmonize
+
+    names = harmonize.list_pretrained(args.filter) if args.pretrained else harmonize.list_models(args.filter)
     print("\n".join(names))
     return 0

@@ -1,0 +1,75 @@
+"""The ``harmonize`` command: parse first, import torch only when a command runs.
+
+Each command is a module of this package with ``add_arguments(parser)`` and
+``main(args) -> int``; the modules import nothing heavy at their top, so ``harmonize
+--help`` and ``harmonize COMMAND --help`` answer at once. Errors a user can fix (every
+:class:`~harmonize.errors.HarmonizeError`, and missing or existing files) print as one
+line on stderr with exit code 2; Ctrl-C exits with 130; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+from ..errors import HarmonizeError, UsageError
+
+__all__ = ["main", "CommandError", "COMMANDS"]
+
+#: command -> (module in this package, one-line help)
+COMMANDS = {
+    "run": ("run", "harmonize a composite (or folders of them) with its mask"),
+    "demo": ("demo", "harmonize the bundled samples and write a before/after/real grid"),
+    "evaluate": ("evaluate", "score a model on iHarmony4-layout data (Table 1 and 2)"),
+    "train": ("train", "train a model on iHarmony4-layout data"),
+    "export": ("export", "export a model to ONNX"),
+    "list": ("list", "list registered models and pretrained tags"),
+}
+
+
+#: What a user can fix: printed as one line, exit code 2.
+USER_ERRORS = (HarmonizeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+#: The name harmonize 0.1 gave a user error of the command line.
+CommandError = UsageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser; importing the command modules costs no torch."""
+    parser = argparse.ArgumentParser(prog="harmonize", description="Deep image harmonization.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 done, 2 user error, 130 interrupted)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("harmonize: interrupted", file=sys.stderr)
+        return 130
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"harmonize {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not isinstance(e, USER_ERRORS):
+            raise
+        print(f"harmonize {args.command}: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,365 @@
+"""Harmonize any photo at any size: :func:`harmonize` and :class:`Harmonizer`.
+
+A harmonization network works at the size it was trained at (256 x 256). A photo of any
+other size goes through three steps:
+
+1. **Downscale** the composite and its mask to the working size (antialiased bilinear).
+   By default the network sees a square ``size x size`` copy (``resize="square"``, the
+   shape it was trained on); ``resize="keep"`` keeps the aspect ratio instead (long side
+   ``size``). The mask given to the network is binarised at 0.5.
+2. **Run** the network on the small copy.
+3. **Carry the colour change back** to full resolution (``method``):
+
+   - ``"affine"`` (default): fit, at low resolution, a per-pixel affine colour transform
+     ``out = A(p) rgb + b(p)`` (3 x 4 coefficients) mapping the network's input to its
+     output by weighted local linear regression over a ``(2r+1)^2`` window, as a guided
+     filter does, regularised towards the transform fitted over the whole foreground
+     (:func:`fit_color_transform`). The coefficients are smooth, so they are upsampled
+     bilinearly and applied to the *full-resolution* composite, in row strips
+     (:func:`apply_color_transform`): every full-resolution detail is kept, only its colour
+     changes. This is how the high-resolution harmonization methods (CDTNet, PCT-Net,
+     Harmonizer, DCCF) carry a low-resolution prediction to large images; fitting the
+     transform after the fact works for every model without retraining.
+   - ``"upsample"``: bilinear upsampling of the low-resolution output, the baseline. The
+     foreground comes back as blurred as the 256-pixel copy.
+
+Finally the result is blended with the full-resolution mask, ``m * harmonized + (1 - m) *
+composite``: soft mask edges blend softly and the background comes back bit for bit.
+
+An image whose long side is at most ``size`` is given to the network as it is (no
+resampling); pixels of a soft mask below the network's 0.5 threshold take the fitted
+transform so that soft edges still blend. An empty mask returns the image unchanged with a
+warning.
+
+Example:
+    >>> from PIL import Image
+    >>> import harmonize
+    >>> out = harmonize.harmonize(Image.open("composite.jpg"), Image.open("mask.png"), model="reinhard")
+    >>> out.save("harmonized.jpg", quality=95)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .._factory import load_model
+from ..data.io import image_to_tensor
+from ..data.transforms import resize_image
+from ..errors import InvalidInputError, UsageError
+from ..utils.checks import check_image_mask
+from ..utils.device import resolve_device
+from .color_transform import apply_color_transform, fit_color_transform, upsample_blend
+from .convert import mask_from_any, to_uint8_hwc
+
+__all__ = ["harmonize", "Harmonizer", "clean_mask", "mask_is_empty", "METHODS", "RESIZE_MODES", "MASK_SNAP", "EMPTY_MASK"]
+
+_logger = logging.getLogger(__name__)
+
+#: Ways to carry the low-resolution result back to full resolution.
+METHODS = ("affine", "upsample")
+#: What the network sees: a square ``size x size`` copy, or the aspect ratio kept.
+RESIZE_MODES = ("square", "keep")
+#: The warning an empty mask gives.
+EMPTY_MASK = "the mask is empty (no foreground); the image is returned unchanged"
+#: Mask values this close to 0 or 1 are taken as 0 or 1 (the noise of a JPEG-compressed mask).
+MASK_SNAP = 4 / 255
+
+
+def clean_mask(mask: Tensor) -> Tensor:
+    """Clamp a mask to 0..1 and snap values within :data:`MASK_SNAP` of 0 or 1 to 0 or 1.
+
+    Soft edges stay soft; the faint ringing a JPEG mask has around its edges and over its
+    background does not leak the harmonized colours into the background.
+    """
+    m = mask.clamp(0, 1)
+    return torch.where(m < MASK_SNAP, 0.0, torch.where(m > 1 - MASK_SNAP, 1.0, m))
+
+
+def mask_is_empty(mask: Tensor) -> bool:
+    """True when a mask has no foreground (after :func:`clean_mask`)."""
+    return bool((mask >= MASK_SNAP).logical_not().all())
+
+
+@lru_cache(maxsize=8)
+def _cached_model(name: str, device: str) -> nn.Module:
+    return load_model(name).to(device).eval()
+
+
+def _model_size(model: nn.Module) -> int:
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = getattr(cfg, "input_size", None)
+    return int(size[-1]) if size else 256
+
+
+@dataclass
+class _Prepared:
+    """One image on its way through the network."""
+
+    image: Tensor  # (1, 3, H, W) on the device
+    mask: Tensor  # (1, 1, H, W) soft, on the device
+    net_image: Tensor  # (1, 3, h, w) what the network sees
+    net_mask: Tensor  # (1, 1, h, w) binary
+    direct: bool  # the network runs at full resolution
+    empty: bool  # nothing to harmonize
+
+
+class Harmonizer:
+    """A model and the recipe to apply it to images of any size.
+
+    Args:
+        model: a registered name (loaded with its pretrained weights) or an ``nn.Module``
+            with ``forward(image, mask) -> image``.
+        device: ``"cpu"``, ``"cuda"``, ... (None or ``"auto"``: CUDA when there is one).
+        size: working resolution of the network; None takes the model's
+            ``pretrained_cfg.input_size`` (256 for every model of the zoo).
+        method: ``"affine"`` (a per-pixel colour transform fitted at low resolution and
+            applied at full resolution) or ``"upsample"`` (bilinear upsampling of the
+            low-resolution output, the baseline).
+        resize: ``"square"`` (the network sees ``size x size``) or ``"keep"`` (aspect ratio
+            kept, long side ``size``).
+        radius: window radius of the colour transform fit, in low-resolution pixels.
+        eps: regularisation of the local fit towards the global one.
+        batch_size: images per network call in :meth:`harmonize_many`.
+        checkpoint: weights file for a model given by name.
+
+    Example:
+        >>> h = Harmonizer("reinhard")
+        >>> out = h(torch.rand(3, 1500, 1000), mask)  # (3, 1500, 1000)
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "gknet",
+        device: str | torch.device | None = None,
+        size: int | None = None,
+        method: str = "affine",
+        resize: str = "square",
+        radius: int = 32,
+        eps: float = 1e-3,
+        batch_size: int = 1,
+        checkpoint: str | os.PathLike | None = None,
+    ) -> None:
+        if method not in METHODS:
+            raise UsageError(f"method must be one of {METHODS}, got {method!r}")
+        if resize not in RESIZE_MODES:
+            raise UsageError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if size is not None and size < 16:
+            raise UsageError(f"size must be at least 16, got {size}")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device)
+        if isinstance(model, nn.Module):
+            self.model = model.to(self.device).eval()
+        elif checkpoint is not None:
+            self.model = load_model(model, checkpoint).to(self.device).eval()
+        else:
+            self.model = _cached_model(model, str(self.device))
+        self.size = int(size) if size is not None else _model_size(self.model)
+        self.method, self.resize = method, resize
+        self.radius, self.eps, self.batch_size = radius, eps, batch_size
+
+    def __repr__(self) -> str:
+        name = getattr(self.model, "architecture", type(self.model).__name__)
+        return (
+            f"Harmonizer(model={name!r}, device='{self.device}', size={self.size}, "
+            f"method={self.method!r}, resize={self.resize!r})"
+        )
+
+    # ----------------------------------------------------------------- steps
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) the network sees for an image of ``height x width``."""
+        if max(height, width) <= self.size:
+            return height, width
+        if self.resize == "square":
+            return self.size, self.size
+        s = self.size / max(height, width)
+        return max(1, round(height * s)), max(1, round(width * s))
+
+    def _prepare(self, image: Tensor, mask: Tensor) -> _Prepared:
+        image = image.to(self.device, torch.float32)
+        mask = clean_mask(mask.to(self.device, torch.float32))
+        h, w = image.shape[-2:]
+        nh, nw = self.network_size(h, w)
+        direct = (nh, nw) == (h, w)
+        peak = float(mask.max())
+        if direct:
+            net_image, soft = image, mask
+        else:
+            net_image, soft = resize_image(image, (nh, nw)), resize_image(mask, (nh, nw)).clamp(0, 1)
+        # Binarise at 0.5, or at half the peak for a foreground too faint or small to reach it.
+        thr = 0.5 * min(1.0, float(soft.max()))
+        net_mask = ((soft >= thr) & (soft > 0)).to(torch.float32)
+        return _Prepared(image, mask, net_image, net_mask, direct, empty=peak <= 0)
+
+    @torch.no_grad()
+    def _network(self, images: Tensor, masks: Tensor) -> Tensor:
+        return self.model(images, masks).float().clamp(0, 1)
+
+    @torch.no_grad()
+    def _carry_back(self, p: _Prepared, pred: Tensor) -> Tensor:
+        if p.direct:
+            soft_edge = (p.mask > 0) & (p.net_mask == 0)
+            if bool(soft_edge.any()):  # soft-mask pixels below the threshold: the fitted transform
+                coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
+                pred = torch.where(soft_edge, apply_color_transform(p.image, coeffs), pred)
+            return pred * p.mask + p.image * (1 - p.mask)
+        if self.method == "upsample":
+            return upsample_blend(p.image, pred, p.mask)
+        coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
+        return apply_color_transform(p.image, coeffs, p.mask)
+
+    # ----------------------------------------------------------------- calls
+
+    def harmonize_many(self, images: Sequence[Tensor], masks: Sequence[Tensor]) -> list[Tensor]:
+        """Harmonize images of any sizes; the network runs on up to ``batch_size`` at once.
+
+        Args:
+            images: (3, H, W) tensors in 0..1, each its own size.
+            masks: (1, H, W) or (H, W) masks in 0..1 of the same sizes (soft edges kept).
+
+        Returns:
+            (3, H, W) tensors on the images' devices. An empty mask gives back its image
+            (a copy) and a warning.
+        """
+        if len(images) != len(masks):
+            raise InvalidInputError(f"got {len(images)} images and {len(masks)} masks")
+        prepared = []
+        for i, (img, m) in enumerate(zip(images, masks)):
+            img, m = _check_pair(img, m, i)
+            prepared.append(self._prepare(img[None], m[None]))
+        preds: list[Tensor | None] = [None] * len(prepared)
+        # Images whose network input has the same shape share a network call.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(prepared):
+            if p.empty:
+                warnings.warn(EMPTY_MASK, UserWarning, stacklevel=2)
+            else:
+                groups.setdefault(tuple(p.net_image.shape[-2:]), []).append(i)
+        for idx in groups.values():
+            for k in range(0, len(idx), self.batch_size):
+                chunk = idx[k : k + self.batch_size]
+                out = self._network(
+                    torch.cat([prepared[i].net_image for i in chunk]), torch.cat([prepared[i].net_mask for i in chunk])
+                )
+                for j, i in enumerate(chunk):
+                    preds[i] = out[j : j + 1]
+        results = []
+        for img, p, pred in zip(images, prepared, preds):
+            out = p.image.clone() if pred is None else self._carry_back(p, pred)
+            out = out[0].to(img.device, img.dtype)
+            if img.dtype != torch.float32:  # computed in float32: restore the background exactly
+                out = torch.where(p.mask[0].to(img.device) == 0, img, out)
+            results.append(out)
+        return results
+
+    def __call__(self, image: Tensor, mask: Tensor) -> Tensor:
+        """Harmonize ``image`` (3, H, W) or (B, 3, H, W) in 0..1 with its mask (soft edges kept).
+
+        Shape:
+            image: (3, H, W) or (B, 3, H, W); mask: (H, W), (1, H, W) or (B, 1, H, W)
+            -> the shape of image
+        """
+        if image.dim() == 3:
+            return self.harmonize_many([image], [mask if mask.dim() == 3 else mask.reshape(1, *mask.shape[-2:])])[0]
+        if image.dim() != 4:
+            raise InvalidInputError(f"image must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+        if mask.dim() == 4 and mask.shape[0] == image.shape[0]:
+            masks = list(mask)
+        elif mask.dim() in (2, 3) or (mask.dim() == 4 and mask.shape[0] == 1):
+            masks = [mask.reshape(1, *mask.shape[-2:])] * image.shape[0]  # one mask for all
+        else:
+            raise InvalidInputError(f"mask {tuple(mask.shape)} does not match image {tuple(image.shape)}")
+        return torch.stack(self.harmonize_many(list(image), masks))
+
+
+def _check_pair(image: Tensor, mask: Tensor, index: int = 0) -> tuple[Tensor, Tensor]:
+    """Check one (3, H, W) image and its (H, W) or (1, H, W) mask; the mask comes back as float (1, H, W)."""
+    if isinstance(mask, Tensor) and mask.dim() == 2:
+        mask = mask[None]
+    if isinstance(mask, Tensor) and not mask.is_floating_point():
+        mask = mask.float() / (255.0 if mask.dtype == torch.uint8 and int(mask.max()) > 1 else 1.0)
+    check_image_mask(image, mask, name=f"image {index}", batched=False)
+    return image, mask
+
+
+# --------------------------------------------------------------------------- python twin
+
+
+def harmonize(
+    image: Any,
+    mask: Any,
+    model: str | nn.Module = "gknet",
+    device: str | torch.device | None = None,
+    size: int | None = None,
+    method: str = "affine",
+    **kwargs: Any,
+) -> Any:
+    """Harmonize a composite with its mask, at full resolution; returns the kind it is given.
+
+    Args:
+        image: the composite: a PIL image (RGB, RGBA, L, 16-bit ``I;16``...), a numpy array
+            (H, W, 3), (H, W, 4) or (H, W) of uint8, uint16 or float in 0..1, or a tensor
+            (3, H, W) or (B, 3, H, W) in 0..1.
+        mask: the foreground to harmonize, same height and width: PIL, numpy or tensor;
+            0/1 or 0/255, grey or RGB; soft edges blend softly.
+        model: a registered name (loaded once with its pretrained weights, then cached) or
+            an ``nn.Module`` with ``forward(image, mask) -> image``.
+        device: ``"cpu"``, ``"cuda"``... (None: CUDA when there is one).
+        size: the network's working resolution (None: the model's input size, 256).
+        method: ``"affine"`` or ``"upsample"``; see :class:`Harmonizer`.
+        **kwargs: further :class:`Harmonizer` arguments (``resize``, ``radius``, ``eps``).
+
+    Returns:
+        PIL in: an RGB PIL image (RGBA when the input has alpha, which is carried over
+        unchanged). numpy in: an array of the input's dtype, (H, W, 3), or (H, W, 4) with
+        the alpha carried over. Tensor in: a tensor of the input's shape, dtype and device.
+        An empty mask returns the image unchanged (with a warning).
+
+    Example:
+        >>> out = harmonize(np.asarray(Image.open("comp.jpg")), np.asarray(Image.open("mask.png")), model="reinhard")
+    """
+    h = Harmonizer(model, device=device, size=size, method=method, **kwargs)
+    m = mask_from_any(mask)
+    if isinstance(image, Tensor):
+        if image.dim() not in (3, 4):
+            raise InvalidInputError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+        x = image.detach()
+        out = h(x if x.is_floating_point() else x.float() / 255.0, m)
+        return out.to(image.dtype) if image.is_floating_point() else out
+    if isinstance(image, Image.Image):
+        alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+        out = h(image_to_tensor(image), m)
+        res = Image.fromarray(to_uint8_hwc(out))
+        if alpha is not None:
+            res.putalpha(alpha)
+        return res
+    if isinstance(image, np.ndarray):
+        a = image
+        x = image_to_tensor(a)
+        out = h(x, m).permute(1, 2, 0).numpy()
+        if a.dtype == np.uint8:
+            res = np.rint(out * 255.0).clip(0, 255).astype(np.uint8)
+        elif a.dtype == np.uint16:
+            res = np.rint(out * 65535.0).clip(0, 65535).astype(np.uint16)
+        else:
+            res = out.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32)
+            if res.dtype == a.dtype and m.dim() == 3:  # computed in float32: restore the background
+                rgb = a[..., None] if a.ndim == 2 else a
+                rgb = rgb[..., :3] if rgb.shape[2] >= 3 else np.repeat(rgb, 3, axis=2)
+                res = np.where((clean_mask(m)[0] == 0).numpy()[..., None], rgb, res)
+        if a.ndim == 3 and a.shape[2] == 4:
+            res = np.concatenate([res, a[..., 3:]], axis=2)
+        return res
+    raise TypeError(f"image must be a PIL image, a numpy array or a tensor, got {type(image).__name__}")

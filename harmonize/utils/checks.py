@@ -1,0 +1,61 @@
+"""Image and mask shape checks, written once for models, metrics, losses and the harmonizer."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..errors import InvalidInputError
+
+__all__ = ["check_image_mask", "check_image"]
+
+
+def _shape(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+
+
+def check_image(image: Tensor, name: str = "image", batched: bool = True, floating: bool = True) -> None:
+    """Raise an :class:`~harmonize.errors.InvalidInputError` unless ``image`` is (B, 3, H, W) (or (3, H, W)).
+
+    Args:
+        image: the tensor to check.
+        name: how the message calls it (``"image"``, ``"pred"``, ``"image 3"``).
+        batched: expect a batch dimension.
+        floating: require a floating-point dtype.
+    """
+    dims = 4 if batched else 3
+    layout = "(B, 3, H, W)" if batched else "(3, H, W)"
+    if not isinstance(image, Tensor) or image.dim() != dims or image.shape[-3] != 3:
+        raise InvalidInputError(f"{name} must be a {layout} tensor with values in 0..1, got shape {_shape(image)}")
+    if floating and not image.is_floating_point():
+        raise InvalidInputError(f"{name} must be floating point in 0..1, got {image.dtype}")
+
+
+def check_image_mask(
+    image: Tensor,
+    mask: Tensor,
+    name: str = "image",
+    batched: bool = True,
+    floating: bool = True,
+) -> None:
+    """Raise an :class:`~harmonize.errors.InvalidInputError` unless image and mask fit together.
+
+    Shape:
+        image: (B, 3, H, W); mask: (B, 1, H, W) (without the batch dimension when ``batched=False``)
+    """
+    check_image(image, name, batched, floating)
+    dims = 4 if batched else 3
+    layout = "(B, 1, H, W)" if batched else "(1, H, W)"
+    mask_name = "mask" if name == "image" else f"mask of {name}"
+    if not isinstance(mask, Tensor) or mask.dim() != dims or mask.shape[-3] != 1:
+        raise InvalidInputError(f"{mask_name} must be {layout} with values in 0..1, got shape {_shape(mask)}")
+    if not batched and mask.shape[-2:] != image.shape[-2:]:
+        raise InvalidInputError(
+            f"{mask_name} is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but {name} is "
+            f"{image.shape[-1]}x{image.shape[-2]}: they must be the same size"
+        )
+    if batched and (mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]):
+        raise InvalidInputError(
+            f"{mask_name} {tuple(mask.shape)} must match {name} {tuple(image.shape)} in batch size, height and width"
+        )
+    if floating and not mask.is_floating_point():
+        raise InvalidInputError(f"{mask_name} must be floating point in 0..1, got {mask.dtype}")
