@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .utils.checks import check_pred_target
+
 __all__ = ["foreground_mse_loss", "ForegroundMSELoss"]
 
 
@@ -22,10 +24,7 @@ def foreground_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, min_area: fl
     Shape:
         pred, target: (B, 3, H, W); mask: (B, 1, H, W) -> scalar
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != pred.shape[0] or mask.shape[2:] != pred.shape[2:]:
-        raise ValueError(f"mask must be (B, 1, H, W) matching pred {tuple(pred.shape)}, got {tuple(mask.shape)}")
+    check_pred_target(pred, target, mask, channels=None)
     sq = (pred.float() - target.float()).pow(2).sum(dim=(1, 2, 3))
     area = mask.float().sum(dim=(1, 2, 3)).clamp(min=min_area)
     return (sq / area).mean()

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .utils.checks import check_pred_target
+
 __all__ = [
     "FG_RATIO_BUCKETS",
     "PRESETS",
@@ -79,14 +81,7 @@ FG_RATIO_BUCKETS: tuple[tuple[str, float, float], ...] = (
 
 
 def _check(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-    if pred.dim() != 4 or pred.shape[1] != 3 or pred.shape != target.shape:
-        raise ValueError(
-            f"pred and target must both be (B, 3, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
-    if mask is not None and (
-        mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != pred.shape[0] or mask.shape[2:] != pred.shape[2:]
-    ):
-        raise ValueError(f"mask must be (B, 1, H, W) matching the images {tuple(pred.shape)}, got {tuple(mask.shape)}")
+    check_pred_target(pred, target, mask)
 
 
 def _squared_error(pred: Tensor, target: Tensor) -> Tensor:

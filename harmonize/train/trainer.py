@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import HarmonizeError
+from ..utils.device import resolve_device
 from ..utils.files import atomic_write, atomic_write_text
 from .config import RunConfig, TrainConfig
 
@@ -218,7 +219,7 @@ class Trainer:
         device: str | torch.device | None = None,
     ) -> None:
         self.config = config
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.is_main = self.rank == 0

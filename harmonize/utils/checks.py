@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..errors import InvalidInputError
 
-__all__ = ["check_image_mask", "check_image"]
+__all__ = ["check_image_mask", "check_image", "check_pred_target"]
 
 
 def _shape(x: object) -> object:
@@ -59,3 +59,25 @@ def check_image_mask(
         )
     if floating and not mask.is_floating_point():
         raise InvalidInputError(f"{mask_name} must be floating point in 0..1, got {mask.dtype}")
+
+
+def check_pred_target(pred: Tensor, target: Tensor, mask: Tensor | None = None, channels: int | None = 3) -> None:
+    """Raise an :class:`~harmonize.errors.InvalidInputError` unless a prediction, its target and mask fit.
+
+    Shape:
+        pred, target: (B, C, H, W) with C = ``channels`` (any C when None); mask: (B, 1, H, W)
+    """
+    ok = isinstance(pred, Tensor) and isinstance(target, Tensor) and pred.dim() == 4 and pred.shape == target.shape
+    if not ok or (channels is not None and pred.shape[1] != channels):
+        layout = f"(B, {channels if channels is not None else 'C'}, H, W)"
+        raise InvalidInputError(
+            f"pred and target must both be {layout} of one shape, got {_shape(pred)} and {_shape(target)}"
+        )
+    if mask is not None and (
+        not isinstance(mask, Tensor)
+        or mask.dim() != 4
+        or mask.shape[1] != 1
+        or mask.shape[0] != pred.shape[0]
+        or mask.shape[2:] != pred.shape[2:]
+    ):
+        raise InvalidInputError(f"mask must be (B, 1, H, W) matching the images {tuple(pred.shape)}, got {_shape(mask)}")
