@@ -70,7 +70,8 @@ class RobustnessDataset(Dataset):
         >>> robust = RobustnessDataset("../shared/data/labelme-harmony", seed=0)
         >>> len(robust)   # 200 photos x 3 held-out families
         600
-        >>> summary, records = evaluate(model, robust)   # summary["subsets"]["LabelMe/relight"]
+        >>> summary, records = evaluate(model, robust)
+        >>> relight = summary["subsets"].get("LabelMe/relight")
     """
 
     def __init__(
