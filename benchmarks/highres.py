@@ -19,7 +19,7 @@ per run does what ``harmonize run`` does: read composite and mask, harmonize, wr
 Usage::
 
     python benchmarks/highres.py                       # reinhard, affine and upsample
-    python benchmarks/highres.py --model gknet         # once GKNet has pretrained weights
+    python benchmarks/highres.py --model gknet         # the shipped GKNet weights (gknet.labelme_long)
     python benchmarks/highres.py --model gknet --checkpoint run/best.safetensors --oracle
 
 The goal checked at the end: the 12-megapixel triplet in under 10 s and under 2 GB, and
