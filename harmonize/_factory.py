@@ -12,6 +12,7 @@ from torch import nn
 from ._hub import load_config, load_state_dict, load_weights
 from ._pretrained import PretrainedCfg
 from ._registry import (
+    deprecated_args,
     get_pretrained_cfg,
     is_model,
     model_entrypoint,
@@ -69,10 +70,13 @@ def create_model(
         cfg.file = str(weights)
         if pretrained_cfg_overlay:
             cfg = cfg.overlay(**pretrained_cfg_overlay)
-        args = {**config.get("model_args", {}), **kwargs}
+        # a folder saved under an old name recorded only the arguments beyond that name's defaults
+        args = {**deprecated_args(config["architecture"]), **config.get("model_args", {}), **kwargs}
         model = model_entrypoint(cfg.architecture)(pretrained=pretrained, pretrained_cfg=cfg, **args)
     else:
         name = resolve_name(model_name)
+        if not pretrained:  # the old network itself; its tags' weights were trained on the new one
+            kwargs = {**deprecated_args(model_name), **kwargs}
         arch, _ = split_model_name_tag(name)
         entry = model_entrypoint(arch)
         cfg = get_pretrained_cfg(name)

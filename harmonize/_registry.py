@@ -24,6 +24,7 @@ __all__ = [
     "split_model_name_tag",
     "register_deprecated_name",
     "resolve_name",
+    "deprecated_args",
 ]
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
@@ -31,6 +32,7 @@ _model_module: dict[str, str] = {}
 _pretrained_cfgs: dict[str, PretrainedCfg] = {}  # "arch.tag" -> cfg
 _default_tag: dict[str, str] = {}  # arch -> first tag listed
 _deprecated: dict[str, str] = {}  # old name ("arch" or "arch.tag") -> current name
+_deprecated_args: dict[str, dict] = {}  # old arch -> constructor arguments that made it differ from its successor
 
 
 _registered = False
@@ -81,9 +83,22 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def register_deprecated_name(old: str, new: str) -> None:
-    """Keep ``old`` (an architecture or ``arch.tag``) working as an alias of ``new``, with a FutureWarning."""
+def register_deprecated_name(old: str, new: str, args: dict | None = None) -> None:
+    """Keep ``old`` (an architecture or ``arch.tag``) working as an alias of ``new``, with a FutureWarning.
+
+    ``args`` are the constructor arguments under which the old architecture differed from
+    the new one; they apply when the old name builds a network without weights (its tags'
+    weights were trained on the new network) and to saved folders that name it.
+    """
     _deprecated[old] = new
+    if args:
+        _deprecated_args[old] = dict(args)
+
+
+def deprecated_args(name: str) -> dict:
+    """The constructor arguments an old architecture name (without a tag) stands for; ``{}`` for other names."""
+    arch, tag = split_model_name_tag(name)
+    return {} if tag else dict(_deprecated_args.get(arch, {}))
 
 
 def resolve_name(name: str, warn: bool = True) -> str:
@@ -101,7 +116,9 @@ def resolve_name(name: str, warn: bool = True) -> str:
     if new is None:
         return name
     if warn:
-        warnings.warn(f"model name {name!r} is deprecated; use {new!r} (the same network)", FutureWarning, stacklevel=3)
+        args = deprecated_args(name)
+        same = f" with {', '.join(f'{k}={v!r}' for k, v in args.items())}" if args else " (the same network)"
+        warnings.warn(f"model name {name!r} is deprecated; use {new!r}{same}", FutureWarning, stacklevel=3)
     return new
 
 

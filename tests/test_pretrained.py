@@ -133,3 +133,19 @@ def test_shipped_folder_config_names_the_architecture(tag):
     assert config["architecture"] == split_model_name_tag(tag)[0] and config["model_args"] == {}
     loaded = harmonize.create_model(f"local-dir:{folder}", pretrained=True)
     assert repr(loaded) == repr(harmonize.create_model(split_model_name_tag(tag)[0]))
+
+
+def test_old_gknet_small_keeps_its_free_kernels_without_weights(tmp_path):
+    import json
+
+    with pytest.warns(FutureWarning, match="kernel_norm='none'"):
+        old = harmonize.create_model("gknet_small")
+    assert old.model_args == {"kernel_norm": "none"} and repr(old) != repr(harmonize.create_model("gknet"))
+    # a folder saved by harmonize 0.1 under the old name, free kernels left at their default
+    folder = harmonize.save_pretrained(harmonize.create_model("gknet", kernel_norm="none"), tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"], config["model_args"] = "gknet_small", {}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.warns(FutureWarning):
+        loaded = harmonize.create_model(f"local-dir:{folder}", pretrained=True)
+    assert loaded.architecture == "gknet" and loaded.model_args == {"kernel_norm": "none"}

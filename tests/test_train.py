@@ -247,7 +247,8 @@ def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_with_default_evaluation_finishes_and_resumes(labelme, tmp_path):
-    # evaluation on (the default test list), sharded over the two gloo ranks and gathered
+    # evaluation on (by default the 100 training photos held out for validation), sharded over
+    # the two gloo ranks and gathered
     out = tmp_path / "run"
     base = ["train", "--model", "test_gknet", "--data", str(labelme), "--subsets", "LabelMe", "--size", "32",
             "--batch-size", "2", "--workers", "0", "--out", str(out), "--no-progress"]
@@ -255,12 +256,12 @@ def test_torchrun_with_default_evaluation_finishes_and_resumes(labelme, tmp_path
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.count("weights:") == 1  # rank 0 speaks for the run
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3] and rows[0]["overall/count"] == 200  # every test image, once
+    assert [r["step"] for r in rows] == [3] and rows[0]["overall/count"] == 100  # every validation photo, once
     assert load_checkpoint_state(out / "last.pt")["step"] == 3 and (out / "final" / "model.safetensors").is_file()
     again = _torchrun([*base, "--steps", "5", "--resume"], tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 5] and rows[1]["overall/count"] == 200
+    assert [r["step"] for r in rows] == [3, 5] and rows[1]["overall/count"] == 100
     assert load_checkpoint_state(out / "last.pt")["step"] == 5
 
 
@@ -291,3 +292,22 @@ def test_run_config_is_the_one_schema(tmp_path):
         RunConfig(lr=0.0)
     with pytest.raises(ConfigError, match="schedule must be one of"):
         RunConfig(schedule="linear")
+
+
+def test_validation_photos_are_held_out_of_training(labelme):
+    from harmonize.data import FamilySynthesizer
+    from harmonize.train.build import build_synthesizer, training_photos
+
+    config = RunConfig(model="test_gknet", data=str(labelme), subsets=["LabelMe"])
+    assert config.eval_split == "val"  # checkpoints are chosen on training photos, never on a test list
+    train_set, val_set = training_photos(config, cache=False)
+    train_photos = {t.real for t in train_set.triplets}
+    val_photos = {t.real for t in val_set.triplets}
+    assert len(val_photos) == 100 and len(train_photos) == 1302 and not train_photos & val_photos
+    test_photos = {t.real for t in harmonize.data.IHarmony4Dataset(labelme, ["LabelMe"], split="test").triplets}
+    assert not val_photos & test_photos
+    assert training_photos(config.replace(eval_split="test"), cache=False)[1] is None
+    assert len(training_photos(config.replace(eval_split="test"), cache=False)[0].triplets) == 1402
+    assert isinstance(build_synthesizer(config.replace(families=["global_edit", "classic"])), FamilySynthesizer)
+    with pytest.raises(harmonize.errors.ConfigError, match="families must be"):
+        config.replace(families=["relight", "nope"])

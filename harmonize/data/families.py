@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import _linear_to_srgb, _srgb_to_linear
-from .composite import _paste, _region_pixels, transfer_histogram, transfer_lab_mean_std
+from .composite import CompositeSynthesizer, _paste, _region_pixels, transfer_histogram, transfer_lab_mean_std
 
 __all__ = [
     "global_edit",
@@ -450,8 +450,13 @@ FAMILIES: dict[str, FamilyFn] = {
     "stat_idt": _transfer("idt"),
     "relight": _no_ref(relight),
     "local_variation": _no_ref(local_variation),
+    # harmonize 0.1's synthesis (Lab / RGB mean-covariance / histogram transfer, photographic retouch)
+    "classic": CompositeSynthesizer(),
 }
-"""Family name -> ``fn(image, mask, ref, ref_mask, generator) -> composite`` at default strength."""
+"""Family name -> ``fn(image, mask, ref, ref_mask, generator) -> composite`` at default strength.
+
+``classic`` is :class:`~harmonize.data.CompositeSynthesizer` (the 0.1 training recipe); its
+RGB mean/covariance transfer is a one-step relative of ``stat_idt``."""
 
 TRAIN_FAMILIES = ("global_edit", "stat_lab", "stat_histogram")
 """Families training may use."""

@@ -86,6 +86,9 @@ class KernelPredictionBlock(nn.Module):
             bias[:, kk // 2] = 1.0 if self.kernel_norm == "none" else 4.0
             self.kernel_head.bias.copy_(bias.flatten())
 
+    def extra_repr(self) -> str:
+        return f"kernel_chs={self.kernel_chs}, kernel_size={self.kernel_size}, kernel_norm={self.kernel_norm!r}"
+
     def forward(self, skip: Tensor, deep: Tensor) -> tuple[Tensor, Tensor]:
         feat = self.refine(self.fuse(deep, skip))
         kernels = self.kernel_head(feat)

@@ -247,5 +247,7 @@ def test_gknet(pretrained: bool = False, **kwargs: Any) -> GKNet:
     return _create_gknet("test_gknet", pretrained, variant_args=args, **kwargs)
 
 
-# gknet_small was this network (with free kernels unless told otherwise) before gknet became it.
-register_deprecated_name("gknet_small", "gknet")
+# gknet_small was this network with free kernels; its tags held softmax-kernel weights, which
+# are gknet's. So `gknet_small` without weights (and folders saved under that name) keeps its
+# free kernels, and `gknet_small.labelme*` / pretrained=True give gknet's weights.
+register_deprecated_name("gknet_small", "gknet", args={"kernel_norm": "none"})

@@ -21,12 +21,14 @@ from .._factory import create_model
 from .._hub import load_state_dict, load_weights, save_pretrained
 from ..data import (
     CompositeSynthesizer,
+    FamilySynthesizer,
     IHarmony4Dataset,
     PairedCompose,
     PairedRandomHorizontalFlip,
     PairedRandomResizedCrop,
     PairedResize,
     SyntheticCompositeDataset,
+    train_val_indices,
 )
 from ..errors import ConfigError
 from ..losses import ForegroundMSELoss
@@ -37,6 +39,8 @@ __all__ = [
     "DistEnv",
     "init_distributed",
     "build_model",
+    "training_photos",
+    "build_synthesizer",
     "build_train_loader",
     "build_eval_loader",
     "build_optimizer",
@@ -78,14 +82,35 @@ def build_model(config: RunConfig) -> nn.Module:
     return model
 
 
+def training_photos(config: RunConfig, transform: Any = None, cache: bool = True) -> tuple[IHarmony4Dataset, IHarmony4Dataset | None]:
+    """The training list, and (with ``eval_split="val"``) the photos held out of it for validation.
+
+    Returns:
+        (train, val): two datasets over disjoint photos; val is None unless ``eval_split="val"``.
+    """
+    train = IHarmony4Dataset(config.data, config.subsets, split="train", transform=None, cache=cache)
+    if config.eval_split != "val":
+        return train, None
+    tr, va = train_val_indices(train.triplets, config.val_size, seed=0)
+    val = IHarmony4Dataset(config.data, config.subsets, split="train", transform=transform, cache=cache)
+    train.triplets = [train.triplets[i] for i in tr]
+    val.triplets = [val.triplets[i] for i in va]
+    return train, val
+
+
+def build_synthesizer(config: RunConfig) -> CompositeSynthesizer | FamilySynthesizer:
+    """harmonize 0.1's synthesizer, or the chosen composite families (:mod:`harmonize.data.families`)."""
+    return CompositeSynthesizer() if config.families is None else FamilySynthesizer(config.families)
+
+
 def build_train_loader(config: RunConfig, env: DistEnv = DistEnv()) -> DataLoader:
     """Training batches: listed and on-the-fly composites, random resized crops and flips, this rank's share."""
-    base = IHarmony4Dataset(config.data, config.subsets, split="train", cache=True)
+    base, _ = training_photos(config)
     transform = PairedCompose(
         [PairedRandomResizedCrop(config.size, scale=(config.crop_scale, 1.0)), PairedRandomHorizontalFlip()]
     )
     train_set = SyntheticCompositeDataset(
-        base, CompositeSynthesizer(), transform=transform, p_original=1.0 - config.synthetic, seed=config.seed
+        base, build_synthesizer(config), transform=transform, p_original=1.0 - config.synthetic, seed=config.seed
     )
     sampler = ResumableSampler(len(train_set), seed=config.seed, rank=env.rank, world_size=env.world_size)
     return DataLoader(
@@ -107,9 +132,12 @@ def build_eval_loader(config: RunConfig, env: DistEnv = DistEnv()) -> DataLoader
     if not config.eval_split or config.eval_split == "none":
         return None
     try:
-        eval_set: Any = IHarmony4Dataset(
-            config.data, config.subsets, split=config.eval_split, transform=PairedResize(config.size), cache=True
-        )
+        if config.eval_split == "val":
+            _, eval_set = training_photos(config, transform=PairedResize(config.size))
+        else:
+            eval_set = IHarmony4Dataset(
+                config.data, config.subsets, split=config.eval_split, transform=PairedResize(config.size), cache=True
+            )
     except FileNotFoundError:
         _logger.warning("no %s list under %s: training without evaluation", config.eval_split, config.data)
         return None

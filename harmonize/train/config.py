@@ -39,9 +39,16 @@ class RunConfig:
         size: training resolution (square).
         batch_size: images per step per process.
         synthetic: fraction of samples whose composite is made on the fly.
+        families: how they are made: None for harmonize 0.1's synthesizer
+            (:class:`~harmonize.data.CompositeSynthesizer`), or names in
+            :data:`harmonize.data.FAMILIES` drawn with equal weights (``"classic"`` is 0.1's).
         crop_scale: smallest area fraction of the random resized crop.
         workers: data loader processes.
-        eval_split: list used for evaluation (``"none"``: no evaluation).
+        eval_split: what the run is scored on while it trains: ``"val"`` (default) holds
+            ``val_size`` training photos out of training and scores their listed composites
+            (choose checkpoints on this, never on a test list); a list name such as ``"test"``
+            scores that list; ``"none"``: no evaluation.
+        val_size: training photos held out when ``eval_split="val"``.
         eval_limit: evaluate on the first N images only (0: all).
         steps: optimizer steps; the learning-rate schedule spans them.
         stop_at: end after this step on the schedule of ``steps`` (0: run to ``steps``).
@@ -66,9 +73,11 @@ class RunConfig:
     size: int = 256
     batch_size: int = 16
     synthetic: float = 0.7
+    families: list[str] | None = None
     crop_scale: float = 0.6
     workers: int = 2
-    eval_split: str = "test"
+    eval_split: str = "val"
+    val_size: int = 100
     eval_limit: int = 0
     steps: int = 1000
     stop_at: int = 0
@@ -123,6 +132,14 @@ class RunConfig:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.stop_at > self.steps:
             raise ConfigError(f"stop_at must be between 0 and steps ({self.steps}), got {self.stop_at}")
+        if self.families is not None:
+            from ..data.families import FAMILIES
+
+            unknown = [f for f in self.families if f not in FAMILIES]
+            if unknown or not self.families:
+                raise ConfigError(f"families must be a non-empty list of {', '.join(FAMILIES)}, got {self.families}")
+        if self.eval_split == "val" and self.val_size < 1:
+            raise ConfigError(f"val_size must be at least 1 with eval_split 'val', got {self.val_size}")
         if self.size < 16:
             raise ConfigError(f"size must be at least 16, got {self.size}")
 
