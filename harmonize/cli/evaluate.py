@@ -22,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data", required=True, help="iHarmony4-layout folder (of subset folders, or one subset)")
     p.add_argument("--subsets", nargs="+", default=None, metavar="S", help="subsets to score (default: all found)")
-    p.add_argument("--split", default="test", help="list files SUBSET_{split}.txt to read (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="list files SUBSET_{split}.txt to read (default: test); 'val': the training photos held out "
+        "for choosing checkpoints; 'robustness': the test photos recomposited by families training never sees",
+    )
     p.add_argument("--preset", default="issam", choices=_PRESETS, help="measurement convention (default: issam)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (fullres: always 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -75,23 +80,38 @@ def _check_args(args: argparse.Namespace) -> dict[str, Any] | None:
     return model_args
 
 
+def _dataset(args: argparse.Namespace) -> tuple[Any, list[int] | None]:
+    """The items ``--split`` names, and the indices to score (``--limit``)."""
+    from ..data import IHarmony4Dataset, RobustnessDataset, train_val_indices
+    from ..evaluate import limit_indices
+
+    if args.split == "robustness":
+        dataset = RobustnessDataset(args.data, subsets=args.subsets)
+        per_photo = len(dataset.families)
+        indices = None if args.limit is None else list(range(min(len(dataset), args.limit * per_photo)))
+        return dataset, indices
+    if args.split == "val":
+        dataset = IHarmony4Dataset(args.data, subsets=args.subsets, split="train")
+        _, val = train_val_indices(dataset.triplets)
+        return dataset, val if args.limit is None else val[: args.limit]
+    dataset = IHarmony4Dataset(args.data, subsets=args.subsets, split=args.split)
+    return dataset, limit_indices(dataset, args.limit)
+
+
 def main(args: argparse.Namespace) -> int:
     model_args = _check_args(args)  # before any model loads or image is read
 
     from .._factory import load_model
-    from ..data import IHarmony4Dataset
     from ..evaluate import (
         evaluate_models,
         format_table1,
         format_table2,
-        limit_indices,
         write_results,
     )
     from ..metrics import FG_RATIO_BUCKETS, get_preset
 
     preset = get_preset(args.preset)
-    dataset = IHarmony4Dataset(args.data, subsets=args.subsets, split=args.split)
-    indices = limit_indices(dataset, args.limit)
+    dataset, indices = _dataset(args)
     models = {}
     for name in args.models:
         label = f"{name} ({Path(args.checkpoint).name})" if args.checkpoint else name
@@ -115,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
             "preset": preset.to_dict(),
             "data": str(Path(args.data).resolve()),
             "split": args.split,
-            "subsets": dataset.subsets,
+            "subsets": getattr(dataset, "subsets", None) or getattr(dataset.base, "subsets", None),
             "limit": args.limit,
             "fg_ratio_buckets": [list(b) for b in FG_RATIO_BUCKETS],
         }
