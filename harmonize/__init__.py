@@ -27,6 +27,7 @@ _LAZY = {
     "load_state_dict": "._hub",
     "harmonize": ".highres",
     "Harmonizer": ".highres",
+    "compose": ".cutout",
     "set_exportable": "._config",
     "is_exportable": "._config",
     "exportable": "._config",
@@ -49,6 +50,7 @@ __all__ = [
     "load_state_dict",
     "harmonize",
     "Harmonizer",
+    "compose",
     "set_exportable",
     "is_exportable",
     "exportable",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         list_pretrained,
         register_model,
     )
+    from .cutout import compose
     from .errors import HarmonizeError, NoPretrainedWeights, UnknownModelError
     from .highres import Harmonizer, harmonize
 
@@ -78,7 +81,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'harmonize' has no attribute {name!r}")
-    if module in ("._factory", "._registry", ".highres"):
+    if module in ("._factory", "._registry", ".highres", ".cutout"):
         importlib.import_module(".models", __name__)  # registers every model
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value

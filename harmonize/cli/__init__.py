@@ -23,11 +23,13 @@ __all__ = ["main", "CommandError", "COMMANDS"]
 #: command -> (module in this package, one-line help)
 COMMANDS = {
     "run": ("run", "harmonize a composite (or folders of them) with its mask"),
+    "compose": ("compose", "paste a cutout (an image with transparency) onto a background, then harmonize"),
     "demo": ("demo", "harmonize the bundled samples and write a before/after/real grid"),
     "evaluate": ("evaluate", "score a model on iHarmony4-layout data (Table 1 and 2)"),
     "train": ("train", "train a model on iHarmony4-layout data"),
     "export": ("export", "export a model to ONNX"),
     "list": ("list", "list registered models and pretrained tags"),
+    "serve": ("serve", "open the web page: drop, paint or place, harmonize, compare, download"),
 }
 
 
