@@ -15,16 +15,19 @@ from typing import Any
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._pretrained import PretrainedCfg
-from .errors import InvalidInputError, UsageError, WeightsMismatchError
+from .errors import ConfigError, InvalidInputError, UsageError, WeightsMismatchError
 from .utils.files import atomic_write
 
 __all__ = [
     "load_state_dict",
     "load_weights",
+    "weights_shapes",
+    "check_shapes",
     "save_pretrained",
     "push_to_hub",
     "load_config",
@@ -67,18 +70,39 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
         raise InvalidInputError(f"{p}: not a readable safetensors file ({e})") from e
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
-    """Load strictly: any missing, unexpected or mis-shaped key is an error that names it.
+def _weights_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p / WEIGHTS_NAME if p.is_dir() else p
 
-    Tensors are cast to each parameter's dtype (weights may be stored in float16).
+
+def weights_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]] | None:
+    """Name -> shape of every tensor of a safetensors file, read from its header alone.
+
+    Nothing is allocated: this is how a model's shapes are compared with a file's before
+    the model is built. None for a pickle-based file (its shapes are checked on loading).
     """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    p = _weights_file(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    if p.suffix in _PICKLE_SUFFIXES:
+        return None
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise InvalidInputError(f"{p}: not a readable safetensors file ({e})") from e
+
+
+def check_shapes(
+    own: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]], source: str, model_name: str
+) -> None:
+    """Raise a :class:`WeightsMismatchError` naming every missing, unexpected or mis-shaped key."""
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
     shapes = sorted(
-        f"{k}: {tuple(state_dict[k].shape)} in {source}, {tuple(own[k].shape)} in model"
-        for k in set(own) & set(state_dict)
-        if own[k].shape != state_dict[k].shape
+        f"{k}: {tuple(given[k])} in {source}, {tuple(own[k])} in model"
+        for k in set(own) & set(given)
+        if tuple(own[k]) != tuple(given[k])
     )
     if missing or unexpected or shapes:
         parts = []
@@ -86,7 +110,29 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             if keys:
                 shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
                 parts.append(f"{title}: {shown}")
-        raise WeightsMismatchError(f"cannot load {source} into {type(model).__name__}: " + "; ".join(parts))
+        raise WeightsMismatchError(f"cannot load {source} into {model_name}: " + "; ".join(parts))
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load strictly: any missing, unexpected or mis-shaped key is an error that names it.
+
+    Tensors are cast to each parameter's dtype (weights may be stored in float16). Weights
+    holding NaN or infinite values (a diverged run's) are refused.
+    """
+    own = model.state_dict()
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsMismatchError(f"cannot load {source}: entries that are not tensors: {', '.join(sorted(bad)[:10])}")
+    check_shapes(
+        {k: tuple(v.shape) for k, v in own.items()},
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        source,
+        type(model).__name__,
+    )
+    nonfinite = sorted(k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if nonfinite:
+        shown = ", ".join(nonfinite[:5]) + (f", ... ({len(nonfinite)} in all)" if len(nonfinite) > 5 else "")
+        raise WeightsMismatchError(f"{source}: weights hold NaN or infinite values ({shown}); a diverged run's?")
     cast = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(cast, strict=True)
 
@@ -237,8 +283,16 @@ def load_config(source: str, revision: str | None = None, local: bool = False) -
         weights = Path(hf_hub_download(source, WEIGHTS_NAME, revision=revision))
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InvalidInputError(f"{cfg_path}: invalid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{cfg_path}: invalid JSON ({e})") from e
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
-        raise InvalidInputError(f"{cfg_path}: no 'architecture' entry")
+        raise ConfigError(f"{cfg_path}: no 'architecture' entry (a string)")
+    for key in ("model_args", "pretrained_cfg"):
+        value = config.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{cfg_path}: {key!r} must be an object, got {value!r:.80}")
+    try:
+        PretrainedCfg.from_dict(config.get("pretrained_cfg", {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cfg_path}: bad 'pretrained_cfg' ({e})") from None
     return config, weights

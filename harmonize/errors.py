@@ -17,6 +17,7 @@ __all__ = [
     "NoPretrainedWeights",
     "WeightsMismatchError",
     "ConfigError",
+    "NonFiniteError",
 ]
 
 
@@ -50,3 +51,8 @@ class WeightsMismatchError(HarmonizeError, RuntimeError):
 
 class ConfigError(HarmonizeError, ValueError):
     """A config file or config dict with an unknown key, a wrong type or a value out of range."""
+
+
+class NonFiniteError(HarmonizeError, RuntimeError):
+    """NaN or infinite numbers where a result was due: a model's output (broken weights), or a
+    training run that diverged. Nothing is written from them."""

@@ -267,7 +267,10 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-_CSV_FIELDS = ["model", "subset", "name", "fg_ratio", "mse", "fmse", "psnr", "fpsnr", "ssim", "composite_mse", "composite_fmse"]
+_CSV_FIELDS = [
+    "model", "subset", "name", "fg_ratio", "mse", "fmse", "psnr", "fpsnr", "ssim", "composite_mse", "composite_fmse",
+    "nonfinite",
+]
 
 
 def write_results(

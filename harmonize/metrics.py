@@ -432,13 +432,19 @@ def image_metrics(
     The inputs must already be at the preset's size (see :func:`prepare`). With
     ``preset.quantize_pred`` the prediction is rounded to 8 bit first.
 
+    A NaN or infinite value in ``pred`` is scored as the worst prediction there is: the
+    valid value farthest from the target's (0 where the target is 0.5 or more, else 1).
+    A broken output thus scores worse than any real one, never better, and is never left
+    out of an average; ``nonfinite`` gives the fraction of such values per image.
+
     Returns:
-        dict of (B,) float64 tensors: ``fg_ratio``, ``mse``, ``fmse``, ``psnr``, ``fpsnr``
-        (and ``ssim``).
+        dict of (B,) float64 tensors: ``fg_ratio``, ``mse``, ``fmse``, ``psnr``, ``fpsnr``,
+        ``nonfinite`` (and ``ssim``).
     """
     p = get_preset(preset)
     _check(pred, target, mask)
-    pred = pred.detach().clamp(0, 1)
+    pred, nonfinite = _worst_where_nonfinite(pred.detach(), target.detach())
+    pred = pred.clamp(0, 1)
     if p.quantize_pred:
         pred = _round8(pred.double()) / 255.0
     target, mask = target.detach(), mask.detach()
@@ -450,29 +456,53 @@ def image_metrics(
         "fmse": fe,
         "psnr": _psnr_from_mse(e, peak, p.psnr_eps),
         "fpsnr": _psnr_from_mse(fe, peak, p.psnr_eps),
+        "nonfinite": nonfinite,
     }
     if with_ssim:
         out["ssim"] = ssim(pred, target)
     return out
 
 
+def _worst_where_nonfinite(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``pred`` with each NaN or infinite value replaced by the valid value farthest from the
+    target's, and the fraction of such values per image ((B,) float64)."""
+    bad = ~torch.isfinite(pred)
+    frac = bad.flatten(1).double().mean(dim=1)
+    if not bool(bad.any()):
+        return pred, frac
+    worst = (target < 0.5).to(pred.dtype)
+    return torch.where(bad, worst, pred), frac
+
+
 # --------------------------------------------------------------------------- aggregation
 
 _AVERAGED = ("mse", "fmse", "psnr", "fpsnr", "ssim")
+#: Metrics an empty mask leaves undefined (NaN): those records are left out of their mean.
+_FOREGROUND = ("fmse", "fpsnr")
+
+
+def _is_empty_mask(r: dict[str, Any]) -> bool:
+    return isinstance(r.get("fmse"), float) and math.isnan(r["fmse"])
 
 
 def _average(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-image mean of each metric; NaN values (empty masks) are left out of their mean."""
+    """Per-image mean of each metric.
+
+    Only images with an empty mask are left out, and only of the foreground metrics they
+    leave undefined (fMSE, fPSNR); they are counted as ``empty_masks``. Nothing else is
+    skipped: a non-finite output was already scored as the worst prediction (see
+    :func:`image_metrics`) and is counted as ``nonfinite_outputs``.
+    """
     out: dict[str, Any] = {"count": len(records)}
     for key in _AVERAGED:
         if not records or key not in records[0]:
             if key != "ssim":
                 out[key] = math.nan
             continue
-        vals = np.array([r[key] for r in records], dtype=np.float64)
-        kept = vals[~np.isnan(vals)]
-        out[key] = float(kept.mean()) if kept.size else math.nan
-    out["empty_masks"] = sum(1 for r in records if isinstance(r.get("fmse"), float) and math.isnan(r["fmse"]))
+        kept = [r[key] for r in records if not (key in _FOREGROUND and _is_empty_mask(r))]
+        out[key] = float(np.mean(np.array(kept, dtype=np.float64))) if kept else math.nan
+    out["empty_masks"] = sum(1 for r in records if _is_empty_mask(r))
+    out["nonfinite_outputs"] = sum(1 for r in records if r.get("nonfinite", 0.0) > 0)
     return out
 
 
@@ -492,7 +522,7 @@ def summarize(
 
     Returns:
         ``{"overall": S, "subsets": {name: S}, "fg_ratio": {"0-5%": S, ...}}`` where each ``S`` is
-        ``{"count", "mse", "fmse", "psnr", "fpsnr", ("ssim",) "empty_masks"}``; subsets in the
+        ``{"count", "mse", "fmse", "psnr", "fpsnr", ("ssim",) "empty_masks", "nonfinite_outputs"}``; subsets in the
         order they first appear.
     """
     subsets: dict[str, list] = {}

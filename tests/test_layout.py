@@ -70,10 +70,12 @@ def test_cli_choices_equal_the_library_constants():
     from harmonize.cli import evaluate, export, run, train
     from harmonize.export import DEFAULT_OPSET
     from harmonize.highres import METHODS, RESIZE_MODES
+    from harmonize.highres.harmonizer import MAX_NETWORK_SIZE
     from harmonize.metrics import PRESETS
     from harmonize.train.config import AMP_MODES, SCHEDULES
 
     assert run._METHODS == METHODS and run._RESIZE_MODES == RESIZE_MODES
+    assert run._MAX_SIZE == export.MAX_SIZE == MAX_NETWORK_SIZE
     assert set(evaluate._PRESETS) == set(PRESETS)
     assert export.DEFAULT_OPSET == DEFAULT_OPSET
     assert train._SCHEDULES == SCHEDULES and train._AMP_MODES == AMP_MODES

@@ -18,7 +18,7 @@ import sys
 from .. import __version__
 from ..errors import HarmonizeError, UsageError
 
-__all__ = ["main", "CommandError", "COMMANDS"]
+__all__ = ["main", "one_line", "CommandError", "COMMANDS", "USER_ERRORS"]
 
 #: command -> (module in this package, one-line help)
 COMMANDS = {
@@ -73,5 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not isinstance(e, USER_ERRORS):
             raise
-        print(f"harmonize {args.command}: {e}", file=sys.stderr)
+        print(f"harmonize {args.command}: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a user error as one line.
+
+    An error raised in a DataLoader worker reaches this process with the worker's whole
+    traceback in its message ("Caught ImageReadError in DataLoader worker process 0.
+    Original Traceback ..."); its last line holds the original message, which is kept.
+    """
+    text = str(e).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(e).__name__}: "
+        text = last.split(prefix, 1)[1] if prefix in last else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,12 @@ def main(args: argparse.Namespace) -> int:
         ssim=args.ssim,
         indices=indices,
     )
+    for name, summ in summaries.items():
+        n = summ["overall"].get("nonfinite_outputs", 0)
+        if n:
+            print(f"harmonize evaluate: warning: {name} output NaN or infinite values for {n} of "
+                  f"{summ['overall']['count']} images; each such value is scored as the worst prediction "
+                  "(the column nonfinite of per_image.csv gives their fraction)", file=sys.stderr)
     print(format_table1(summaries))
     print()
     print(format_table2(summaries))

@@ -12,6 +12,8 @@ from ..errors import UsageError
 DEFAULT_OPSET = 18
 #: Opsets the exporter writes (torch.onnx's dynamo exporter needs 18 or newer).
 OPSETS = range(18, 24)
+#: harmonize.highres.MAX_NETWORK_SIZE: the largest example input traced.
+MAX_SIZE = 2048
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,8 +40,9 @@ def _check_args(args: argparse.Namespace) -> Path:
         raise NotADirectoryError(f"{out}: a part of the path is a file, not a folder")
     if args.opset not in OPSETS:
         raise UsageError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, got {args.opset}")
-    if args.size < 32:
-        raise UsageError(f"--size must be at least 32, got {args.size}")
+    if not 32 <= args.size <= MAX_SIZE:
+        raise UsageError(f"--size must be between 32 and {MAX_SIZE}, got {args.size} (the graph takes any size; "
+                         "this is only the example traced)")
     if args.untrained and args.checkpoint:
         raise UsageError("--untrained and --checkpoint exclude each other")
     if not args.no_verify:

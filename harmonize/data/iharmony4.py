@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import InvalidInputError
 from .io import load_image, load_mask
 
 __all__ = ["OFFICIAL_SUBSETS", "Triplet", "find_subsets", "read_triplets", "IHarmony4Dataset"]
@@ -153,7 +154,9 @@ class IHarmony4Dataset(Dataset):
         comp, mask, real = load_image(t.composite), load_mask(t.mask, self.mask_threshold), load_image(t.real)
         for label, x in (("composite", comp), ("mask", mask)):
             if x.shape[-2:] != real.shape[-2:]:
-                raise ValueError(f"{getattr(t, label)}: size {tuple(x.shape[-2:])} differs from the real image's {tuple(real.shape[-2:])}")
+                raise InvalidInputError(
+                    f"{getattr(t, label)}: size {tuple(x.shape[-2:])} differs from the real image's {tuple(real.shape[-2:])}"
+                )
         if self._cache is not None:
             self._cache[index] = (comp, mask, real)
         return comp, mask, real

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import ImageReadError, InvalidInputError, UsageError
+from ..errors import HarmonizeError, ImageReadError, InvalidInputError, UsageError
 from ..utils.files import atomic_write
 
 __all__ = [
@@ -24,9 +28,13 @@ __all__ = [
     "output_format",
     "read_header",
     "check_same_size",
+    "check_unit_range",
+    "max_pixels",
     "ImageReadError",
     "IMAGE_EXTENSIONS",
     "OUTPUT_EXTENSIONS",
+    "MAX_PIXELS",
+    "MAX_PIXELS_ENV",
 ]
 
 #: File extensions read as images (folder mode lists these).
@@ -38,9 +46,78 @@ _FORMATS = {
     ".webp": "WEBP",
     ".tif": "TIFF",
     ".tiff": "TIFF",
+    ".bmp": "BMP",
 }
 #: File extensions written by :func:`save_image`.
 OUTPUT_EXTENSIONS = tuple(_FORMATS)
+
+#: The largest image read, in pixels (width x height): 64 megapixels (8192 x 8192).
+#: Checked from the file's header before anything is decoded; harmonizing an image takes
+#: about 100 bytes of memory per pixel at its peak (6-7 GB here). Raise it with the
+#: environment variable :data:`MAX_PIXELS_ENV` (or by setting this attribute).
+MAX_PIXELS = 64 * 1024 * 1024
+#: The environment variable that overrides :data:`MAX_PIXELS` (a number of pixels).
+MAX_PIXELS_ENV = "HARMONIZE_MAX_PIXELS"
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: ``$HARMONIZE_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return int(MAX_PIXELS)
+    try:
+        n = int(float(value)) if value.lower() != "inf" else -1
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"{MAX_PIXELS_ENV}={value!r}: give a number of pixels, e.g. 200000000")
+    return n
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    w, h = size
+    limit = max_pixels()
+    if w * h > limit:
+        raise ImageReadError(
+            f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of {limit / 1e6:.0f} "
+            f"(about 100 bytes of memory per pixel); set {MAX_PIXELS_ENV}={w * h} to read it anyway"
+        )
+
+
+def _pillow_open(p: Path, unlimited: bool) -> Image.Image:
+    if not unlimited:
+        return Image.open(p)
+    with _PILLOW_LIMIT_LOCK:
+        pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow
+
+
+@contextlib.contextmanager
+def _open_checked(p: Path) -> Iterator[Image.Image]:
+    """``Image.open`` (the header only), refused before any decoding when over :func:`max_pixels`.
+
+    Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) gives way to
+    ours: its warning is silenced, and an image it refuses is opened (header only) to be
+    refused here with the same message as any other, or read when the limit was raised.
+    """
+    limit = max_pixels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            pillow = Image.MAX_IMAGE_PIXELS
+            try:
+                im = _pillow_open(p, unlimited=pillow is not None and limit > pillow)
+            except Image.DecompressionBombError:
+                im = _pillow_open(p, unlimited=True)  # for its size only: refused just below
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ImageReadError(f"{p}: cannot read as an image ({e})") from e
+        with im:
+            _check_pixels(p, im.size)
+            yield im
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
@@ -49,12 +126,15 @@ def _open(path: str | os.PathLike) -> Image.Image:
         raise ImageReadError(f"{p}: no such file")
     if p.is_dir():
         raise ImageReadError(f"{p}: is a folder, not an image")
-    try:
-        img = Image.open(p)
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageReadError(f"{p}: cannot read as an image ({e})") from e
-    return ImageOps.exif_transpose(img)
+    with _open_checked(p) as img:
+        try:
+            img.load()
+            out = ImageOps.exif_transpose(img)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            raise ImageReadError(f"{p}: cannot read as an image ({e})") from e
+        if out is img:
+            out = img.copy()  # the file closes when the block ends
+    return out
 
 
 def _to_float_array(img: Image.Image) -> np.ndarray:
@@ -73,8 +153,31 @@ def _to_float_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+#: How far outside 0..1 a float image or mask may stray (rounding, resampling) before it is an error.
+RANGE_TOLERANCE = 0.01
+
+
+def check_unit_range(a: np.ndarray | Tensor, name: str = "image") -> None:
+    """Raise an :class:`InvalidInputError` unless every value is finite and within 0..1
+    (give or take :data:`RANGE_TOLERANCE`). Values are never rescaled on a guess: a float
+    image in 0..255 is an error, not an image divided by 255."""
+    t = torch.as_tensor(a)
+    if t.numel() == 0:
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise InvalidInputError(f"{name} holds NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        hint = " (divide a 0..255 image by 255)" if hi > 1 + RANGE_TOLERANCE else ""
+        raise InvalidInputError(f"{name} values must be in 0..1, got {lo:.4g}..{hi:.4g}{hint}")
+
+
 def image_to_tensor(img: Image.Image | np.ndarray) -> Tensor:
-    """A PIL image or an (H, W[, C]) array (uint8, uint16 or float 0..1) -> (3, H, W) float32."""
+    """A PIL image or an (H, W[, C]) array (uint8, uint16 or float 0..1) -> (3, H, W) float32.
+
+    Raises:
+        InvalidInputError: a float array with values outside 0..1 or not finite, another dtype.
+    """
     if isinstance(img, Image.Image):
         a = _to_float_array(img)
     else:
@@ -83,8 +186,11 @@ def image_to_tensor(img: Image.Image | np.ndarray) -> Tensor:
             a = a.astype(np.float32) / 255.0
         elif a.dtype == np.uint16:
             a = a.astype(np.float32) / 65535.0
-        else:
+        elif np.issubdtype(a.dtype, np.floating):
             a = a.astype(np.float32)
+            check_unit_range(a, "image")
+        else:
+            raise InvalidInputError(f"image array must be uint8, uint16 or float in 0..1, got {a.dtype}")
         if a.ndim == 2:
             a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
@@ -98,7 +204,8 @@ def image_to_tensor(img: Image.Image | np.ndarray) -> Tensor:
 def mask_to_tensor(img: Image.Image | np.ndarray, threshold: float | None = 0.5) -> Tensor:
     """A mask image or array -> (1, H, W) float32; white (or 1) is foreground.
 
-    0/1 and 0/255 masks, grey or RGB (channels averaged), 8 or 16 bit are accepted.
+    0/1 and 0/255 masks, grey or RGB (channels averaged), 8 or 16 bit are accepted; a
+    float array must hold values in 0..1 (an :class:`InvalidInputError` otherwise).
     ``threshold`` binarises (>= threshold is foreground); ``None`` keeps soft edges.
     """
     if isinstance(img, Image.Image):
@@ -116,10 +223,11 @@ def mask_to_tensor(img: Image.Image | np.ndarray, threshold: float | None = 0.5)
             a = a.astype(np.float32) / (255.0 if a.max(initial=0) > 1 else 1.0)
         elif a.dtype == np.uint16:
             a = a.astype(np.float32) / (65535.0 if a.max(initial=0) > 255 else 255.0 if a.max(initial=0) > 1 else 1.0)
-        else:
+        elif np.issubdtype(a.dtype, np.floating):
             a = a.astype(np.float32)
-            if a.max(initial=0) > 1.0:
-                a = a / 255.0
+            check_unit_range(a, "mask")
+        else:
+            raise InvalidInputError(f"mask array must be bool, uint8, uint16 or float in 0..1, got {a.dtype}")
         if a.ndim == 2:
             a = a[..., None]
     if a.ndim != 3:
@@ -142,21 +250,23 @@ def _read_png16(path: str | os.PathLike) -> np.ndarray | None:
     half, and the two make the 16-bit values. None for any other file (read as usual).
     """
     p = Path(path)
+    if not p.is_file():
+        return None  # _open reports it
     try:
-        with Image.open(p) as im:
+        with _open_checked(p) as im:
             tile = im.tile[0] if im.format == "PNG" and len(im.tile) == 1 else None
             if tile is None or tile[3] not in _PNG16_RAWMODES:
                 return None
             im.load()
             hi = np.asarray(ImageOps.exif_transpose(im), dtype=np.uint16)
-        with Image.open(p) as im:
+        with _open_checked(p) as im:
             low_tile = tuple(tile[:3]) + (_PNG16_RAWMODES[tile[3]],)
             im.tile = [tile._replace(args=low_tile[3]) if hasattr(tile, "_replace") else low_tile]
             im.load()
             lo = np.asarray(ImageOps.exif_transpose(im), dtype=np.uint16)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, UnidentifiedImageError):
-        return None  # _open reports these
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, HarmonizeError):  # the pixel limit's, already naming the file
+            raise
         raise ImageReadError(f"{p}: cannot read as an image ({e})") from e
     return (hi << 8) | lo
 
@@ -189,7 +299,7 @@ def output_format(path: str | os.PathLike) -> str:
     """The Pillow format written for ``path``'s extension, or a ValueError naming it."""
     suffix = Path(path).suffix.lower()
     if suffix not in _FORMATS:
-        raise UsageError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use .jpg, .png, .webp or .tif")
+        raise UsageError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use .jpg, .png, .webp, .tif or .bmp")
     return _FORMATS[suffix]
 
 
@@ -220,17 +330,18 @@ def save_image(
 
 def read_header(path: Path) -> tuple[tuple[int, int], tuple[int, int], bytes | None]:
     """(width, height) as displayed (EXIF orientation applied), as stored, and the ICC profile."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image")
-    try:
-        with Image.open(path) as im:
+    with _open_checked(path) as im:  # refuses an image over the pixel limit
+        try:
             stored = im.size
             orientation = im.getexif().get(0x0112, 1)
             icc = im.info.get("icc_profile")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageReadError(f"{path}: cannot read as an image ({e})") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageReadError(f"{path}: cannot read as an image ({e})") from e
     shown = (stored[1], stored[0]) if orientation in (5, 6, 7, 8) else stored
     return shown, stored, icc
 

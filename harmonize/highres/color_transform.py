@@ -162,10 +162,12 @@ def _mask_box(mask: Tensor | None, size: tuple[int, int]) -> tuple[int, int, int
 def _blend_(out: Tensor, value: Tensor, image: Tensor, mask: Tensor | None, rows: slice, cols: slice) -> None:
     """``out[rows, cols] = value * m + image * (1 - m)``; where m is 0 the image stays bit for bit.
 
-    ``torch.lerp`` is exact at both ends: weight 0 gives ``image``, weight 1 gives ``value``.
+    ``torch.lerp`` is exact at both ends for finite values: weight 0 gives ``image``, weight
+    1 gives ``value``; ``torch.where`` keeps the background even when ``value`` is not finite.
     """
     if mask is not None:
-        value = torch.lerp(image[..., rows, cols], value, mask[..., rows, cols])
+        x, m = image[..., rows, cols], mask[..., rows, cols]
+        value = torch.where(m > 0, torch.lerp(x, value, m), x)
     out[..., rows, cols] = value
 
 

@@ -54,15 +54,25 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .._factory import load_model
-from ..data.io import image_to_tensor
+from ..data.io import check_unit_range, image_to_tensor
 from ..data.transforms import resize_image
-from ..errors import InvalidInputError, UsageError
+from ..errors import InvalidInputError, NonFiniteError, UsageError
 from ..utils.checks import check_image_mask
 from ..utils.device import resolve_device
 from .color_transform import apply_color_transform, fit_color_transform, upsample_blend
 from .convert import mask_from_any, to_uint8_hwc
 
-__all__ = ["harmonize", "Harmonizer", "clean_mask", "mask_is_empty", "METHODS", "RESIZE_MODES", "MASK_SNAP", "EMPTY_MASK"]
+__all__ = [
+    "harmonize",
+    "Harmonizer",
+    "clean_mask",
+    "mask_is_empty",
+    "METHODS",
+    "RESIZE_MODES",
+    "MASK_SNAP",
+    "EMPTY_MASK",
+    "MAX_NETWORK_SIZE",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -74,6 +84,10 @@ RESIZE_MODES = ("square", "keep")
 EMPTY_MASK = "the mask is empty (no foreground); the image is returned unchanged"
 #: Mask values this close to 0 or 1 are taken as 0 or 1 (the noise of a JPEG-compressed mask).
 MASK_SNAP = 4 / 255
+#: The largest working resolution of the network (``size``): 8 times the 256 the models were
+#: trained at. The network's memory grows with its input (GKNet needs about 1.2 KB per pixel
+#: of it: 5 GB at 2048 x 2048, over 30 GB at 5000 x 5000), so larger sizes are refused up front.
+MAX_NETWORK_SIZE = 2048
 
 
 def clean_mask(mask: Tensor) -> Tensor:
@@ -154,8 +168,10 @@ class Harmonizer:
             raise UsageError(f"method must be one of {METHODS}, got {method!r}")
         if resize not in RESIZE_MODES:
             raise UsageError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        if size is not None and size < 16:
-            raise UsageError(f"size must be at least 16, got {size}")
+        if size is not None and not 16 <= size <= MAX_NETWORK_SIZE:
+            raise UsageError(
+                f"size must be between 16 and {MAX_NETWORK_SIZE} (the network's memory grows with it), got {size}"
+            )
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
@@ -205,7 +221,12 @@ class Harmonizer:
 
     @torch.no_grad()
     def _network(self, images: Tensor, masks: Tensor) -> Tensor:
-        return self.model(images, masks).float().clamp(0, 1)
+        out = self.model(images, masks).float()
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError(
+                f"{self!r}: the model output NaN or infinite values (broken weights?); no result is returned"
+            )
+        return out.clamp(0, 1)
 
     @torch.no_grad()
     def _carry_back(self, p: _Prepared, pred: Tensor) -> Tensor:
@@ -214,7 +235,7 @@ class Harmonizer:
             if bool(soft_edge.any()):  # soft-mask pixels below the threshold: the fitted transform
                 coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
                 pred = torch.where(soft_edge, apply_color_transform(p.image, coeffs), pred)
-            return pred * p.mask + p.image * (1 - p.mask)
+            return torch.where(p.mask > 0, pred * p.mask + p.image * (1 - p.mask), p.image)
         if self.method == "upsample":
             return upsample_blend(p.image, pred, p.mask)
         coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
@@ -226,12 +247,18 @@ class Harmonizer:
         """Harmonize images of any sizes; the network runs on up to ``batch_size`` at once.
 
         Args:
-            images: (3, H, W) tensors in 0..1, each its own size.
+            images: (3, H, W) floating-point tensors in 0..1, each its own size.
             masks: (1, H, W) or (H, W) masks in 0..1 of the same sizes (soft edges kept).
 
         Returns:
-            (3, H, W) tensors on the images' devices. An empty mask gives back its image
-            (a copy) and a warning.
+            (3, H, W) tensors on the images' devices, of the images' dtypes; where a mask is
+            0 the image comes back bit for bit. An empty mask gives back its image (a copy)
+            and a warning.
+
+        Raises:
+            InvalidInputError: an image or mask with NaN or infinite values, or values outside
+                0..1 (give or take :data:`~harmonize.data.io.RANGE_TOLERANCE`).
+            NonFiniteError: the model output NaN or infinite values.
         """
         if len(images) != len(masks):
             raise InvalidInputError(f"got {len(images)} images and {len(masks)} masks")
@@ -285,12 +312,17 @@ class Harmonizer:
 
 
 def _check_pair(image: Tensor, mask: Tensor, index: int = 0) -> tuple[Tensor, Tensor]:
-    """Check one (3, H, W) image and its (H, W) or (1, H, W) mask; the mask comes back as float (1, H, W)."""
+    """Check one (3, H, W) image and its (H, W) or (1, H, W) mask; the mask comes back as float (1, H, W).
+
+    Values are checked too: finite, and in 0..1 (never rescaled on a guess).
+    """
     if isinstance(mask, Tensor) and mask.dim() == 2:
         mask = mask[None]
     if isinstance(mask, Tensor) and not mask.is_floating_point():
         mask = mask.float() / (255.0 if mask.dtype == torch.uint8 and int(mask.max()) > 1 else 1.0)
     check_image_mask(image, mask, name=f"image {index}", batched=False)
+    check_unit_range(image, f"image {index}")
+    check_unit_range(mask, f"mask of image {index}")
     return image, mask
 
 
@@ -311,9 +343,12 @@ def harmonize(
     Args:
         image: the composite: a PIL image (RGB, RGBA, L, 16-bit ``I;16``...), a numpy array
             (H, W, 3), (H, W, 4) or (H, W) of uint8, uint16 or float in 0..1, or a tensor
-            (3, H, W) or (B, 3, H, W) in 0..1.
+            (3, H, W) or (B, 3, H, W), floating point in 0..1 or uint8 in 0..255. Float
+            values outside 0..1 (give or take 0.01) or not finite are an error, never
+            rescaled on a guess.
         mask: the foreground to harmonize, same height and width: PIL, numpy or tensor;
-            0/1 or 0/255, grey or RGB; soft edges blend softly.
+            0/1 or 0/255 (integers or bool), float in 0..1, grey or RGB; soft edges blend
+            softly.
         model: a registered name (loaded once with its pretrained weights, then cached) or
             an ``nn.Module`` with ``forward(image, mask) -> image``.
         device: ``"cpu"``, ``"cuda"``... (None: CUDA when there is one).
@@ -324,8 +359,14 @@ def harmonize(
     Returns:
         PIL in: an RGB PIL image (RGBA when the input has alpha, which is carried over
         unchanged). numpy in: an array of the input's dtype, (H, W, 3), or (H, W, 4) with
-        the alpha carried over. Tensor in: a tensor of the input's shape, dtype and device.
-        An empty mask returns the image unchanged (with a warning).
+        the alpha carried over. Tensor in: a tensor of the input's shape, dtype (uint8 in,
+        uint8 out; float16 in, float16 out) and device. Where the mask is 0 the image comes
+        back bit for bit. An empty mask returns the image unchanged (with a warning).
+
+    Raises:
+        InvalidInputError: values outside the ranges above, NaN or infinite values, an
+            image tensor of another dtype, shapes that do not fit.
+        NonFiniteError: the model output NaN or infinite values.
 
     Example:
         >>> out = harmonize(np.asarray(Image.open("comp.jpg")), np.asarray(Image.open("mask.png")), model="reinhard")
@@ -336,8 +377,14 @@ def harmonize(
         if image.dim() not in (3, 4):
             raise InvalidInputError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
         x = image.detach()
-        out = h(x if x.is_floating_point() else x.float() / 255.0, m)
-        return out.to(image.dtype) if image.is_floating_point() else out
+        if x.is_floating_point():
+            return h(x, m)
+        if x.dtype != torch.uint8:
+            raise InvalidInputError(f"image tensor must be floating point in 0..1 or uint8 in 0..255, got {x.dtype}")
+        out = h(x.float() / 255.0, m)
+        out = out.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        bg = clean_mask(m.to(x.device)) == 0  # (1, H, W) or (B, 1, H, W): broadcast over the channels
+        return torch.where(bg, x, out)
     if isinstance(image, Image.Image):
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
         out = h(image_to_tensor(image), m)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -28,5 +29,9 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 
 
 def blend(pred: Tensor, image: Tensor, mask: Tensor) -> Tensor:
-    """``pred * mask + image * (1 - mask)``: where mask is 0 the image comes back bit for bit."""
-    return pred * mask + image * (1 - mask)
+    """``pred * mask + image * (1 - mask)``; where mask is 0 the image comes back bit for bit.
+
+    Bit for bit whatever ``pred`` holds: a NaN or infinite prediction (``NaN * 0`` is NaN)
+    never reaches the background.
+    """
+    return torch.where(mask > 0, pred * mask + image * (1 - mask), image)

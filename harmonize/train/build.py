@@ -33,7 +33,7 @@ from ..data import (
 from ..errors import ConfigError
 from ..losses import ForegroundMSELoss
 from .config import RunConfig
-from .trainer import ResumableSampler, ShardSampler, Trainer, seed_everything
+from .trainer import ResumableSampler, ShardSampler, Trainer, load_checkpoint_state, seed_everything
 
 __all__ = [
     "DistEnv",
@@ -202,11 +202,12 @@ def train(
     env = init_distributed()
     out_dir = Path(out)
     last = _check_out(out_dir, resume)
+    state = load_checkpoint_state(last) if resume else None  # no code runs from it; before any work
     trainer = build_trainer(config, out_dir, env, device)
     if resume:
-        trainer.load_checkpoint(last)
+        trainer.load_checkpoint(last, state)
         _logger.info("resumed %s at step %d", last, trainer.step)
-    result = trainer.fit()
+    result = trainer.fit()  # stops with TrainingDiverged rather than keep non-finite weights
     if trainer.is_main:
         final = trainer.eval_model
         model = trainer.model

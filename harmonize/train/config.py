@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import tomllib
 
 from ..errors import ConfigError
+from ..utils.checks import describe_type, fits_type
 
 __all__ = ["RunConfig", "TrainConfig", "SCHEDULES", "AMP_MODES"]
 
@@ -200,48 +200,7 @@ def read_options(path: str | os.PathLike) -> dict[str, Any]:
 
 def _check_type(name: str, value: Any, hint: Any) -> None:
     """Raise a ConfigError unless ``value`` fits the annotation ``hint`` (JSON types only)."""
-    if _fits(value, hint):
+    if fits_type(value, hint):
         return
-    raise ConfigError(f"{name} must be {_describe(hint)}, got {value!r}")
+    raise ConfigError(f"{name} must be {describe_type(hint)}, got {value!r}")
 
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_fits(v, item) for v in value)
-    if origin is tuple:
-        items = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(
-            _fits(v, h) for v, h in zip(value, items)
-        )
-    return True
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if origin is dict:
-        return "an object"
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}s"
-    if origin is tuple:
-        return f"a list of {len(typing.get_args(hint))} numbers"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))

@@ -5,8 +5,10 @@ channels_last), falls back to the CPU (bf16 autocast there too, where it pays), 
 same code on 1 or N processes under ``torchrun`` (DDP), clips gradients, schedules the
 learning rate, keeps an EMA of the weights, writes checkpoints atomically and resumes
 them exactly (model, optimizer, scheduler, EMA, RNG, step), evaluates periodically, and
-logs to CSV (and TensorBoard when installed). A non-finite loss stops training with a
-clear message and leaves the last good checkpoint in place.
+logs to CSV (and TensorBoard when installed). A non-finite loss, or weights that became
+NaN or infinite, stop training with :class:`TrainingDiverged`: a checkpoint is never written
+from non-finite weights, so ``last.pt`` stays the last finite one, and the message names
+it (or says that none was written yet).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from ..errors import HarmonizeError
+from ..errors import HarmonizeError, NonFiniteError
 from ..utils.device import resolve_device
 from ..utils.files import atomic_write, atomic_write_text
 from .config import RunConfig, TrainConfig
@@ -49,8 +51,8 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(HarmonizeError, RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(NonFiniteError):
+    """The loss, or the weights, became NaN or infinite."""
 
 
 class CheckpointError(HarmonizeError, ValueError):
@@ -248,6 +250,8 @@ class Trainer:
             self.ema = ModelEmaV3(self.model, decay=config.ema_decay, stochastic_rounding=False)
         self.step = 0
         self.last_eval: dict[str, Any] = {}
+        #: (path, step) of the last checkpoint written or resumed from: finite weights.
+        self.last_checkpoint: tuple[Path, int] | None = None
 
     def _amp_dtype(self, amp: str) -> torch.dtype | None:
         if amp == "none":
@@ -275,27 +279,73 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def save_checkpoint(self, name: str = "last.pt") -> Path | None:
-        """Write a checkpoint atomically (rank 0 only)."""
-        if not self.is_main:
-            return None
-        path = self.out_dir / name
-        _atomic_torch_save(self.state_dict(), path)
-        return path
+    def nonfinite_weights(self) -> list[str]:
+        """Names of the model's (and the EMA's) parameters and buffers holding NaN or infinite values."""
+        modules = [("", self.model)] + ([("ema.", self.ema.module)] if self.ema is not None else [])
+        return [
+            prefix + k
+            for prefix, module in modules
+            for k, v in module.state_dict().items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore everything saved by :meth:`save_checkpoint`, to continue exactly."""
-        state = load_checkpoint_state(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise ValueError(f"{path}: has no EMA weights but this run keeps an EMA")
-            self.ema.module.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
+    def diverged(self, what: str, step: int) -> TrainingDiverged:
+        """The error that stops a diverged run, naming the checkpoint to go back to."""
+        if self.last_checkpoint is not None:
+            path, saved = self.last_checkpoint
+            where = (f"the last finite checkpoint is {path} (step {saved}); continue from it with --resume and a "
+                     "lower learning rate (--lr), or --amp none")
+        else:
+            where = "no checkpoint was written before it (lower the learning rate, --lr, or use --amp none)"
+        return TrainingDiverged(f"training diverged: {what} at step {step}; stopped, {where}")
+
+    def save_checkpoint(self, name: str = "last.pt") -> Path | None:
+        """Write a checkpoint atomically (rank 0 only); never from NaN or infinite weights.
+
+        Raises:
+            TrainingDiverged: the weights are not finite (checked on every rank, so all stop).
+        """
+        bad = self.nonfinite_weights()
+        if bad:
+            shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise self.diverged(f"the weights hold NaN or infinite values ({shown})", self.step)
+        path = self.out_dir / name
+        if self.is_main:
+            _atomic_torch_save(self.state_dict(), path)
+        if name == "last.pt":
+            self.last_checkpoint = (path, self.step)
+        return path if self.is_main else None
+
+    def load_checkpoint(self, path: str | os.PathLike, state: dict[str, Any] | None = None) -> None:
+        """Restore everything saved by :meth:`save_checkpoint`, to continue exactly.
+
+        Args:
+            path: the checkpoint (read with :func:`load_checkpoint_state`: no code runs from it).
+            state: its contents when already read.
+
+        Raises:
+            CheckpointError: a file this trainer did not write, or one of another run.
+        """
+        state = load_checkpoint_state(path) if state is None else state
+        try:
+            if not isinstance(state, dict):
+                raise TypeError(f"a {type(state).__name__}, not a dict")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                if state.get("ema") is None:
+                    raise CheckpointError(f"{path}: has no EMA weights but this run keeps an EMA")
+                self.ema.module.load_state_dict(state["ema"])
+            _set_rng_state(state["rng"])
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            if isinstance(e, HarmonizeError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: does not fit this run ({type(e).__name__}: {first})") from None
+        self.last_checkpoint = (Path(path), self.step)
 
     # ----------------------------------------------------------------- training
     def _to_device(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
@@ -333,10 +383,7 @@ class Trainer:
             pred = self.ddp_model(comp, mask)
         loss = self.loss_fn(pred.float(), real, mask)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
-                f"{self.out_dir / 'last.pt'} (lower the learning rate, or use amp='none')"
-            )
+            raise self.diverged(f"the loss is {loss.item()}", self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
@@ -414,6 +461,16 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            return self._fit(end, tb, bar)
+        finally:  # a diverged run or Ctrl-C leaves no bar behind
+            if bar is not None:
+                bar.close()
+            if tb is not None:
+                tb.close()
+
+    def _fit(self, end: int, tb: Any, bar: Any) -> dict[str, Any]:
+        cfg = self.config
         batches = self._batches()
         t0, images, run_loss, n_loss = time.perf_counter(), 0, 0.0, 0
         while self.step < end:
@@ -443,13 +500,8 @@ class Trainer:
                 self._eval_and_log(tb)
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self.save_checkpoint()
-        self.save_checkpoint()
-        result = self._eval_and_log(tb) if self.eval_loader is not None else {}
-        if bar is not None:
-            bar.close()
-        if tb is not None:
-            tb.close()
-        return result
+        self.save_checkpoint()  # refuses non-finite weights: a run that diverged on its last step fails here
+        return self._eval_and_log(tb) if self.eval_loader is not None else {}
 
     def _eval_and_log(self, tb) -> dict[str, Any]:
         res = self.evaluate()

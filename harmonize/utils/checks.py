@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import collections.abc
+import types
+import typing
+from typing import Any
+
 from torch import Tensor
 
 from ..errors import InvalidInputError
 
-__all__ = ["check_image_mask", "check_image", "check_pred_target"]
+__all__ = ["check_image_mask", "check_image", "check_pred_target", "fits_type", "describe_type"]
 
 
 def _shape(x: object) -> object:
@@ -81,3 +86,52 @@ def check_pred_target(pred: Tensor, target: Tensor, mask: Tensor | None = None, 
         or mask.shape[2:] != pred.shape[2:]
     ):
         raise InvalidInputError(f"mask must be (B, 1, H, W) matching the images {tuple(pred.shape)}, got {_shape(mask)}")
+
+
+def fits_type(value: Any, hint: Any) -> bool:
+    """True when a JSON value fits a type annotation (``int``, ``float``, ``str``, ``bool``,
+    ``None``, unions, ``list``/``tuple``/``Sequence`` of them, ``dict[str, ...]``); other
+    annotations accept anything."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin in (list, collections.abc.Sequence):
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(fits_type(v, item) for v in value)
+    if origin is tuple:
+        items = typing.get_args(hint)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return isinstance(value, (list, tuple)) and all(fits_type(v, items[0]) for v in value)
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(
+            fits_type(v, h) for v, h in zip(value, items)
+        )
+    return True
+
+
+def describe_type(hint: Any) -> str:
+    """A type annotation in words, for messages (``"a list of integers"``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is dict:
+        return "an object"
+    if origin in (list, collections.abc.Sequence) or (origin is tuple and typing.get_args(hint)[-1:] == (Ellipsis,)):
+        item = (typing.get_args(hint) or (Any,))[0]
+        return f"a list of {describe_type(item).removeprefix('an ').removeprefix('a ')}s"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(hint))} numbers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
