@@ -28,6 +28,8 @@ COMMANDS = {
     "train": ("train", "train a model on iHarmony4-layout data"),
     "export": ("export", "export a model to ONNX"),
     "list": ("list", "list registered models and pretrained tags"),
+    "video": ("video", "harmonize a video clip with its masks, the colour change smoothed over time"),
+    "plot": ("plot", "plot a training run's loss, learning rate and eval scores to a PNG"),
 }
 
 
