@@ -30,6 +30,8 @@ COMMANDS = {
     "export": ("export", "export a model to ONNX"),
     "list": ("list", "list registered models and pretrained tags"),
     "serve": ("serve", "open the web page: drop, paint or place, harmonize, compare, download"),
+    "video": ("video", "harmonize a video clip with its masks, the colour change smoothed over time"),
+    "plot": ("plot", "plot a training run's loss, learning rate and eval scores to a PNG"),
 }
 
 
