@@ -44,6 +44,7 @@ __all__ = [
     "TRAIN_FAMILIES",
     "HELDOUT_FAMILIES",
     "FamilySynthesizer",
+    "check_families",
 ]
 
 FamilyFn = Callable[[Tensor, Tensor, Tensor, Tensor, torch.Generator], Tensor]
@@ -465,6 +466,14 @@ HELDOUT_FAMILIES = ("stat_idt", "relight", "local_variation")
 """Families kept for the robustness test list: training must not use them."""
 
 
+def check_families(families: Sequence[str]) -> tuple[str, ...]:
+    """``families`` as a tuple, or a ValueError unless it is a non-empty list of names in :data:`FAMILIES`."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"families must be a non-empty subset of {tuple(FAMILIES)}, got {list(families)}")
+    return tuple(families)
+
+
 class FamilySynthesizer:
     """Make a composite by one family drawn from a chosen set, with weights.
 
@@ -489,10 +498,7 @@ class FamilySynthesizer:
         weights: Sequence[float] | None = None,
         min_change: float = 0.02,
     ) -> None:
-        unknown = [f for f in families if f not in FAMILIES]
-        if unknown or not families:
-            raise ValueError(f"families must be a non-empty subset of {tuple(FAMILIES)}, got {list(families)}")
-        self.families = tuple(families)
+        self.families = check_families(families)
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(families), dtype=torch.float)
         if self.weights.numel() != len(self.families) or (self.weights < 0).any() or self.weights.sum() <= 0:
             raise ValueError("weights must be one non-negative number per family, not all zero")

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .families import FAMILIES, HELDOUT_FAMILIES, FamilySynthesizer
+from .families import HELDOUT_FAMILIES, FamilySynthesizer, check_families
 from .iharmony4 import IHarmony4Dataset, Triplet, find_subsets, read_triplets
 
 __all__ = ["RobustnessDataset"]
@@ -83,10 +83,7 @@ class RobustnessDataset(Dataset):
         split: str = "test",
         min_change: float = 0.02,
     ) -> None:
-        unknown = [f for f in families if f not in FAMILIES]
-        if unknown or not families:
-            raise ValueError(f"families must be a non-empty subset of {tuple(FAMILIES)}, got {list(families)}")
-        self.families = tuple(families)
+        self.families = check_families(families)
         self.seed = seed
         self.base = IHarmony4Dataset(root, subsets, split=split, cache=True)
         train_lists = find_subsets(root, "train")
