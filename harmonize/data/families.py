@@ -30,7 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import _linear_to_srgb, _srgb_to_linear
-from .composite import CompositeSynthesizer, _paste, _region_pixels, transfer_histogram, transfer_lab_mean_std
+from .composite import (
+    CompositeSynthesizer,
+    _paste,
+    _region_pixels,
+    transfer_histogram,
+    transfer_lab_mean_std,
+)
 
 __all__ = [
     "global_edit",
