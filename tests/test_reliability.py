@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LABELME, SAMPLE, require
 from PIL import Image
 from torch import Tensor, nn
 
@@ -27,10 +28,14 @@ from harmonize import create_model
 from harmonize._hub import save_pretrained
 from harmonize.cli import main
 from harmonize.data.io import MAX_PIXELS_ENV, _open_checked, load_image, load_mask, read_header
-from harmonize.errors import ConfigError, ImageReadError, InvalidInputError, NonFiniteError, UsageError
+from harmonize.errors import (
+    ConfigError,
+    ImageReadError,
+    InvalidInputError,
+    NonFiniteError,
+    UsageError,
+)
 from harmonize.train.trainer import load_checkpoint_state
-
-from conftest import LABELME, SAMPLE, require
 
 HCOCO = SAMPLE / "HCOCO"
 COMP, MASK = HCOCO / "composite_images" / "c35030_1_1.jpg", HCOCO / "masks" / "c35030_1.png"
