@@ -213,16 +213,21 @@ class _KernelModulationFn(torch.autograd.Function):
         grad_x = grad_k = None
         if need_k:
             b, c, h, w = x.shape
-            windows = _windows(x, k)
             grad_k = kernels.new_empty(b, 1 if shared else c, k, k, h, w)
             if shared:
+                windows = _windows(x, k)
                 for dy in range(k):
                     for dx in range(k):
                         prod = grad_out * windows[:, :, dy, dx]
                         torch.sum(prod, dim=1, keepdim=True, out=grad_k[:, :, dy, dx])
-            else:
-                torch.mul(grad_out[:, :, None, None], windows, out=grad_k)
-            del windows
+                del windows
+            elif grad_k.numel():
+                # Block by block (blocks of about _BLOCK_BYTES of the gradient), so that the
+                # padded copy of x is a small temporary, not one more x-sized tensor.
+                for bs, cs in _blocks(b, c, k * k * h * w * x.element_size()):
+                    torch.mul(
+                        grad_out[bs, cs, None, None], _windows(x[bs, cs], k), out=grad_k[bs, cs]
+                    )
             grad_k = grad_k.view(kernels.shape)
         if need_x:
             grad_x = _modulate(grad_out, kernels, k, shared, transposed=True)

@@ -7,21 +7,39 @@
 // j = (dy + r) * k + (dx + r), r = k / 2, zero padding. Kernels are either per channel
 // (B, C*k*k, H, W) or shared by all channels (B, k*k, H, W). All tensors contiguous.
 //
-// Work is split into chunks of rows of one (b, c) plane, small enough that the chunk's input
-// rows (copied once into a zero-padded buffer, in the accumulation type) and its accumulator
-// stay in L1/L2 while the k*k taps stream through the kernels. With the padding in the buffers,
-// every tap is a full-width loop over each row: no edge cases in the inner loops, which the
-// compiler vectorises.
+// The op is bound by memory traffic: the kernels are k*k times the size of x. So each pass
+// reads them once, in order, and writes the kernel gradient once (non-temporal stores when it
+// is large); everything else stays in cache. Work is split into chunks of rows of one (b, c)
+// plane, whose input rows are copied once into a zero-padded buffer (in the accumulation type:
+// float for bfloat16 and half), so that every tap is a full-width loop over each row with no
+// edge cases, which the compiler vectorises. For k = 3, 5, 7 the sum over the taps stays in
+// registers (one store per output, not one per tap); other sizes take a generic tap-by-tap loop.
+// Items (chunks or planes) are handed out one at a time to torch's threads (see run_items).
+
+// Only the headers needed (torch/extension.h would add half a minute to the build).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
+#include <vector>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
-#include <cstdint>
-#include <cstring>
-#include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define __restrict__ __restrict
+#endif
 
 namespace {
 
@@ -51,11 +69,8 @@ inline uint16_t narrow<uint16_t, float>(float f) {
   return f != f ? static_cast<uint16_t>(0x7FC0) : r;
 }
 
-// Elements of a chunk of rows (a row is never split).
-#ifndef KMOD_CHUNK
-#define KMOD_CHUNK 4096
-#endif
-constexpr int64_t kChunkElems = KMOD_CHUNK;
+// Elements of a chunk of rows (a row is never split): with its padded copies, it stays in L2.
+constexpr int64_t kChunkElems = 4096;
 
 struct Geom {
   int64_t H, W, k, r, Wp, HW, rows;  // rows per chunk
@@ -306,19 +321,6 @@ void backward_shared_gk_chunk(const T* __restrict__ xs, const T* __restrict__ gs
   }
 }
 
-}  // namespace
-
-#ifndef KMOD_CORE_ONLY  // (KMOD_CORE_ONLY: the loops above alone, for a standalone benchmark)
-// Only the headers needed (torch/extension.h would add half a minute to the build).
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
-#include <torch/csrc/utils/pybind.h>
-
-namespace {
-
 // bfloat16 data is handled as uint16_t (see widen/narrow).
 template <typename T>
 using Storage = std::conditional_t<std::is_same_v<T, at::BFloat16>, uint16_t, T>;
@@ -450,20 +452,39 @@ void backward_impl(const at::Tensor& x, const at::Tensor& kernels, const at::Ten
   }
 }
 
-void check(const at::Tensor& x, const at::Tensor& kernels, int64_t k) {
+// A new tensor like t, about to be written in full. On Linux, its whole 2 MiB pages are marked
+// for transparent huge pages: where the allocator hands out fresh memory (glibc does for large
+// blocks unless told otherwise), the first writes then fault in 2 MiB at a time, not 4 KiB,
+// which otherwise costs as much as the op itself (torch does the same for all its tensors
+// with THP_MEM_ALLOC_ENABLE=1). A hint: memory already mapped stays as it is (khugepaged may
+// merge it later), and errors are ignored.
+at::Tensor empty_for_writing(const at::Tensor& t) {
+  at::Tensor out = at::empty_like(t);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + out.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return out;
+}
+
+void check(const at::Tensor& x, const at::Tensor& kernels, int64_t k, bool shared) {
   TORCH_CHECK(x.device().is_cpu() && kernels.device().is_cpu(), "kernel_modulation: CPU tensors only");
   TORCH_CHECK(x.dim() == 4 && kernels.dim() == 4, "kernel_modulation: 4-d tensors expected");
   TORCH_CHECK(x.is_contiguous() && kernels.is_contiguous(), "kernel_modulation: contiguous tensors expected");
   TORCH_CHECK(x.scalar_type() == kernels.scalar_type(), "kernel_modulation: x and kernels differ in dtype");
   TORCH_CHECK(k >= 1 && k % 2 == 1, "kernel_modulation: odd kernel size expected");
+  TORCH_CHECK(kernels.size(0) == x.size(0) && kernels.size(1) == (shared ? 1 : x.size(1)) * k * k &&
+                  kernels.size(2) == x.size(2) && kernels.size(3) == x.size(3),
+              "kernel_modulation: kernels ", kernels.sizes(), " do not fit x ", x.sizes());
 }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& kernels, int64_t k, bool shared) {
-  check(x, kernels, k);
-  at::Tensor out = at::empty_like(x);
+  check(x, kernels, k, shared);
+  at::Tensor out = empty_for_writing(x);
   if (x.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "kernel_modulation_forward",
-                                  [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "kernel_modulation_forward", [&] {
     forward_impl<Storage<scalar_t>, at::opmath_type<scalar_t>>(x, kernels, out, k, shared);
   });
   return out;
@@ -471,17 +492,18 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& kernels, int64_t k, bo
 
 std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& kernels, const at::Tensor& grad, int64_t k,
                                  bool shared, bool need_x, bool need_k) {
-  check(x, kernels, k);
+  check(x, kernels, k, shared);
   TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
               "kernel_modulation: grad must be contiguous and match x");
-  at::Tensor gx = need_x ? at::empty_like(x) : at::Tensor();
-  at::Tensor gk = need_k ? at::empty_like(kernels) : at::Tensor();
+  at::Tensor gx = need_x ? empty_for_writing(x) : at::Tensor();
+  at::Tensor gk = need_k ? empty_for_writing(kernels) : at::Tensor();
   if (x.numel() == 0) {
     if (need_k) gk.zero_();
     return {gx, gk};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "kernel_modulation_backward", [&] {
-    backward_impl<Storage<scalar_t>, at::opmath_type<scalar_t>>(x, kernels, grad, need_x ? &gx : nullptr, need_k ? &gk : nullptr, k, shared);
+    backward_impl<Storage<scalar_t>, at::opmath_type<scalar_t>>(x, kernels, grad, need_x ? &gx : nullptr,
+                                                                 need_k ? &gk : nullptr, k, shared);
   });
   return {gx, gk};
 }
@@ -492,4 +514,3 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "kernel modulation forward (CPU)");
   m.def("backward", &backward, "kernel modulation backward: (grad_x, grad_kernels) (CPU)");
 }
-#endif  // KMOD_CORE_ONLY
