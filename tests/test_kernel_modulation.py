@@ -239,3 +239,19 @@ def test_autocast_bfloat16_training_step():
     assert all(p.grad is not None and p.grad.isfinite().all() for p in conv_k.parameters())
     ref = unfold_reference(x.float(), kernels.float(), 3)
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_non_finite_kernels_at_the_border_stay_where_they_belong():
+    # A kernel entry whose neighbour is off the plane contributes nothing, even inf or NaN.
+    x = torch.randn(1, 2, 5, 6, requires_grad=True)
+    kernels = torch.randn(1, 18, 5, 6)
+    kernels[0, 2, 2, 5] = float("inf")  # dx = +1 at the last column
+    kernels[0, 9 + 6, 4, 0] = float("nan")  # dy = +1, dx = -1 at the bottom-left corner
+    kernels.requires_grad_(True)
+    g = torch.randn(1, 2, 5, 6)
+    out = kernel_modulation(x, kernels, 3)
+    ref = unfold_reference(x, kernels, 3)
+    (gx,) = torch.autograd.grad(out, (x,), g)
+    (rx,) = torch.autograd.grad(ref, (x,), g)
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(gx.isnan(), rx.isnan())
+    torch.testing.assert_close(gx.nan_to_num(), rx.nan_to_num(), rtol=1e-5, atol=1e-5)

@@ -191,9 +191,8 @@ inline void forward_chunk_k(const T* __restrict__ xs, const T* __restrict__ ks, 
 //   grad_k[j, y, x] = g[y, x] * x[y + dy, x + dx]                  (if gk; per-channel kernels)
 //   grad_x[y, x] = sum_j kernels[j, y - dy, x - dx] * g[y - dy, x - dx]   (if gx)
 // Both sums over the taps stay in registers. grad_x reads g from a zero-padded copy (gpad) and
-// the kernels in place, from a row of zeros where y - dy is off the plane; a column x - dx off
-// the plane reads a kernel of the row before or after (or of a neighbouring tap, still inside
-// this plane's kernels), multiplied by a padding zero of g.
+// the kernels in place (from a row of zeros where y - dy is off the plane); the first and last
+// r columns, where some x - dx is off the plane, leave those taps out.
 template <int KS, typename T, typename A>
 inline void backward_chunk_k(const T* __restrict__ xs, const T* __restrict__ ks, const T* __restrict__ gs,
                              T* __restrict__ gk, T* __restrict__ gx, A* __restrict__ xpad, A* __restrict__ gpad,
@@ -225,12 +224,25 @@ inline void backward_chunk_k(const T* __restrict__ xs, const T* __restrict__ ks,
       }
       const A* __restrict__ gr = gpad + (y - y0 + 2 * R) * Wp + 2 * R;  // padded row y + r, column + r
       T* __restrict__ o = gx + y * W;
-      for (int64_t x = 0; x < W; ++x) {
+      // Columns [r, W - r): every tap's x - dx is on the plane.
+      const int64_t xa = std::min<int64_t>(R, W), xb = std::max<int64_t>(W - R, xa);
+      for (int64_t x = xa; x < xb; ++x) {
         A s = 0;
 #pragma GCC unroll 49
         for (int j = 0; j < KK; ++j) s += widen<A>(krow[j][x]) * gr[x - (j / KS) * Wp - j % KS];
         o[x] = narrow<T>(s);
       }
+      // The first and last r columns: only the taps whose x - dx is on the plane.
+      auto edge = [&](int64_t x) {
+        A s = 0;
+        for (int j = 0; j < KK; ++j) {
+          const int64_t xs = x - (j % KS - R);
+          if (xs >= 0 && xs < W) s += widen<A>(krow[j][x]) * gr[x - (j / KS) * Wp - j % KS];
+        }
+        o[x] = narrow<T>(s);
+      };
+      for (int64_t x = 0; x < xa; ++x) edge(x);
+      for (int64_t x = xb; x < W; ++x) edge(x);
     }
   }
 }
