@@ -11,8 +11,8 @@ Our op runs its compiled CPU kernels where they can be built (``compiled``; see
 ``--impl pytorch`` or ``both`` also measures, as a user without a compiler gets it).
 
 Times are medians over ``--reps`` rounds (after two warm-up rounds); each round runs every
-measurement (each op, forward and forward+backward) one after the other, so that all ops see
-the same machine load. Timings depend on glibc's allocator settings: with the defaults, every
+measurement (our op and unfold, forward and forward+backward) one after the other, so that
+both see the same machine load (with ``--impl both``, each of ours in rounds of its own). Timings depend on glibc's allocator settings: with the defaults, every
 large new tensor costs page faults. ``--allocator both`` (the default) runs the benchmark
 twice in fresh processes: with glibc's defaults and with the tuned settings of
 docs/training.md (``MALLOC_*``, printed in each header).
@@ -174,11 +174,13 @@ def run(args: argparse.Namespace) -> bool:
     print("-" * len(header))
     ok = True
     for c, h, w in SIZES:
-        t = time_ops(ours + ["unfold"], c, h, w, args.reps)
-        f_u, b_u = t["unfold", False], t["unfold", True]
         m_u = peak_memory("unfold", c, h, w, True)
         bound = bound_mib(c, h, w)
         for name in ours:
+            # Each of ours against unfold in rounds of its own: the pure-PyTorch path's seconds
+            # of churn under load would otherwise disturb the compiled kernels' milliseconds.
+            t = time_ops([name, "unfold"], c, h, w, args.reps)
+            f_u, b_u = t["unfold", False], t["unfold", True]
             f_s, b_s = t[name, False], t[name, True]
             m_s = peak_memory(name, c, h, w, True)
             ratio = b_s / b_u
