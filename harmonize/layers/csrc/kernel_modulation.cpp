@@ -187,6 +187,19 @@ inline void forward_chunk_k(const T* __restrict__ xs, const T* __restrict__ ks, 
   }
 }
 
+// grad_x at one pixel, from the taps whose source (y - dy, x - dx) is on the plane.
+template <int KS, typename T, typename A>
+inline A grad_x_at(const T* ks, const T* gs, const Geom& g, int64_t y, int64_t x) {
+  constexpr int R = KS / 2;
+  A s = 0;
+  for (int j = 0; j < KS * KS; ++j) {
+    const int64_t ys = y - (j / KS - R), xs = x - (j % KS - R);
+    if (ys >= 0 && ys < g.H && xs >= 0 && xs < g.W)
+      s += widen<A>(ks[j * g.HW + ys * g.W + xs]) * widen<A>(gs[ys * g.W + xs]);
+  }
+  return s;
+}
+
 // The backward for one chunk of rows [y0, y1) of a plane, kernel size known at compile time:
 //   grad_k[j, y, x] = g[y, x] * x[y + dy, x + dx]                  (if gk; per-channel kernels)
 //   grad_x[y, x] = sum_j kernels[j, y - dy, x - dx] * g[y - dy, x - dx]   (if gx)
@@ -217,32 +230,37 @@ inline void backward_chunk_k(const T* __restrict__ xs, const T* __restrict__ ks,
   }
   if (gx) {
     for (int64_t y = y0; y < y1; ++y) {
-      const T* krow[KK];
-      for (int j = 0; j < KK; ++j) {
-        const int64_t ys = y - (j / KS - R), dx = j % KS - R;
-        krow[j] = ys >= 0 && ys < g.H ? ks + j * HW + ys * W - dx : zeros + R;
-      }
       const A* __restrict__ gr = gpad + (y - y0 + 2 * R) * Wp + 2 * R;  // padded row y + r, column + r
       T* __restrict__ o = gx + y * W;
-      // Columns [r, W - r): every tap's x - dx is on the plane.
-      const int64_t xa = std::min<int64_t>(R, W), xb = std::max<int64_t>(W - R, xa);
-      for (int64_t x = xa; x < xb; ++x) {
-        A s = 0;
+      // All columns in one loop that the compiler vectorises. In the first and last r columns,
+      // a tap whose x - dx is off the plane reads a kernel of the row before or after (or of a
+      // neighbouring tap: still this plane's kernels) times a padding zero of g; that is right
+      // unless the kernel is inf or NaN, so those columns are computed again below.
+      if (y >= R && y < g.H - R) {  // every tap reads a kernel row of the plane
+        const T* __restrict__ kr = ks + y * W;
+        for (int64_t x = 0; x < W; ++x) {
+          A s = 0;
 #pragma GCC unroll 49
-        for (int j = 0; j < KK; ++j) s += widen<A>(krow[j][x]) * gr[x - (j / KS) * Wp - j % KS];
-        o[x] = narrow<T>(s);
-      }
-      // The first and last r columns: only the taps whose x - dx is on the plane.
-      auto edge = [&](int64_t x) {
-        A s = 0;
-        for (int j = 0; j < KK; ++j) {
-          const int64_t xs = x - (j % KS - R);
-          if (xs >= 0 && xs < W) s += widen<A>(krow[j][x]) * gr[x - (j / KS) * Wp - j % KS];
+          for (int j = 0; j < KK; ++j)
+            s += widen<A>(kr[j * HW - (j / KS - R) * W - (j % KS - R) + x]) * gr[x - (j / KS) * Wp - j % KS];
+          o[x] = narrow<T>(s);
         }
-        o[x] = narrow<T>(s);
-      };
-      for (int64_t x = 0; x < xa; ++x) edge(x);
-      for (int64_t x = xb; x < W; ++x) edge(x);
+      } else {  // taps whose row is off the plane read a row of zeros
+        const T* krow[KK];
+        for (int j = 0; j < KK; ++j) {
+          const int64_t ys = y - (j / KS - R), dx = j % KS - R;
+          krow[j] = ys >= 0 && ys < g.H ? ks + j * HW + ys * W - dx : zeros + R;
+        }
+        for (int64_t x = 0; x < W; ++x) {
+          A s = 0;
+#pragma GCC unroll 49
+          for (int j = 0; j < KK; ++j) s += widen<A>(krow[j][x]) * gr[x - (j / KS) * Wp - j % KS];
+          o[x] = narrow<T>(s);
+        }
+      }
+      const int64_t xa = std::min<int64_t>(R, W), xb = std::max<int64_t>(W - R, xa);
+      for (int64_t x = 0; x < xa; ++x) o[x] = narrow<T>(grad_x_at<KS, T, A>(ks, gs, g, y, x));
+      for (int64_t x = xb; x < W; ++x) o[x] = narrow<T>(grad_x_at<KS, T, A>(ks, gs, g, y, x));
     }
   }
 }
