@@ -3,7 +3,9 @@
 Every output pixel is a weighted sum of its ``k x k`` neighbourhood, with weights that
 are predicted for that pixel (and channel). The op is written as shift-and-accumulate
 with its own backward, so neither pass builds the ``k*k``-times larger unfolded copy of
-the input: memory stays near the size of the kernels themselves.
+the input: memory stays near the size of the kernels themselves. On the CPU it runs
+compiled kernels where they can be built (:mod:`harmonize.layers._kmod_ext`, built on first
+use), else pure PyTorch.
 """
 
 from __future__ import annotations
