@@ -113,6 +113,7 @@ def test_fallback_when_the_build_fails(fresh_ext_state, monkeypatch, caplog):
     def no_compiler():
         raise RuntimeError("no C++ compiler ('c++' not on PATH)")
 
+    monkeypatch.delenv(_kmod_ext.ENV_VAR, raising=False)
     monkeypatch.setattr(_kmod_ext, "_build", no_compiler)
     with caplog.at_level(logging.WARNING, logger=_kmod_ext.__name__):
         x, kernels = torch.randn(2, 3, 6, 7), torch.randn(2, 27, 6, 7)
