@@ -4,16 +4,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harmonize.layers import KernelModulation, kernel_modulation
+from harmonize.layers import KernelModulation, _kmod_ext, kernel_modulation
 
 km = importlib.import_module("harmonize.layers.kernel_modulation")  # the module, not the function
 
 
-@pytest.fixture(autouse=True, params=["shifted", "windowed"])
+@pytest.fixture(autouse=True, params=["compiled", "shifted", "windowed"])
 def forward_path(request, monkeypatch):
-    """Run every test with both forwards (one flat-shift op per tap, taken for large planes,
-    and all taps at once, taken for small ones), whatever the plane size."""
-    monkeypatch.setattr(km, "_SMALL_PLANE", -1 if request.param == "shifted" else 2**62)
+    """Run every test with each implementation: the compiled CPU kernels (skipped where they
+    cannot be built), and the pure-PyTorch path with both of its forwards (one flat-shift op
+    per tap, taken for large planes, and all taps at once, taken for small ones), whatever the
+    plane size."""
+    if request.param == "compiled":
+        if _kmod_ext.load() is None:
+            pytest.skip(
+                "compiled kernel_modulation unavailable (no compiler or ninja, or disabled)"
+            )
+    else:
+        monkeypatch.setattr(km, "_compiled", lambda t: None)
+        monkeypatch.setattr(km, "_SMALL_PLANE", -1 if request.param == "shifted" else 2**62)
     return request.param
 
 
@@ -216,3 +225,35 @@ def test_empty_inputs(shape):
     assert out.shape == shape
     out.sum().backward()
     assert x.grad.shape == x.shape and kernels.grad.shape == kernels.shape
+
+
+def test_autocast_bfloat16_training_step():
+    # Under CPU autocast, convolutions hand the op bfloat16 features and kernels.
+    conv_x, conv_k = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 36, 1)
+    image = torch.randn(2, 3, 9, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, kernels = conv_x(image), conv_k(image)
+        out = kernel_modulation(x, kernels, 3)
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in conv_k.parameters())
+    ref = unfold_reference(x.float(), kernels.float(), 3)
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_non_finite_kernels_at_the_border_stay_where_they_belong():
+    # A kernel entry whose neighbour is off the plane contributes nothing to the gradient for x,
+    # even inf or NaN. (In the forward the oracle multiplies it by a padding zero, the shifted
+    # path leaves it out: no promise there.)
+    x = torch.randn(1, 2, 5, 6, requires_grad=True)
+    kernels = torch.randn(1, 18, 5, 6)
+    kernels[0, 2, 2, 5] = float("inf")  # dx = +1 at the last column
+    kernels[0, 9 + 6, 4, 0] = float("nan")  # dy = +1, dx = -1 at the bottom-left corner
+    kernels.requires_grad_(True)
+    g = torch.randn(1, 2, 5, 6)
+    out = kernel_modulation(x, kernels, 3)
+    ref = unfold_reference(x, kernels, 3)
+    (gx,) = torch.autograd.grad(out, (x,), g)
+    (rx,) = torch.autograd.grad(ref, (x,), g)
+    assert torch.equal(gx.isnan(), rx.isnan())
+    torch.testing.assert_close(gx.nan_to_num(), rx.nan_to_num(), rtol=1e-5, atol=1e-5)

@@ -3,7 +3,9 @@
 Every output pixel is a weighted sum of its ``k x k`` neighbourhood, with weights that
 are predicted for that pixel (and channel). The op is written as shift-and-accumulate
 with its own backward, so neither pass builds the ``k*k``-times larger unfolded copy of
-the input: memory stays near the size of the kernels themselves.
+the input: memory stays near the size of the kernels themselves. On the CPU it runs
+compiled kernels where they can be built (:mod:`harmonize.layers._kmod_ext`, built on first
+use), else pure PyTorch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .._config import is_exportable
+from . import _kmod_ext
 
 __all__ = ["kernel_modulation", "KernelModulation"]
 
@@ -167,15 +170,24 @@ def _windows(x: Tensor, k: int) -> Tensor:
     return xp.as_strided((b, c, k, k, h, w), (sb, sc, sy, sx, sy, sx))
 
 
+def _compiled(t: Tensor):
+    """The compiled CPU kernels for ``t`` (see :mod:`harmonize.layers._kmod_ext`), or ``None``:
+    on other devices, when they cannot be built, or when ``HARMONIZE_KMOD_EXT=0``."""
+    return _kmod_ext.load() if t.device.type == "cpu" else None
+
+
 class _KernelModulationFn(torch.autograd.Function):
     """Shift-and-accumulate over the k*k taps with its own backward; nothing ``k*k`` times the
     size of ``x`` is made besides the kernel gradient itself.
 
-    The forward and the gradient for ``x`` treat each tap as one flat shift over whole
-    (H*W) planes (long contiguous runs; the few entries that wrap across a row edge are put
-    right per column), in cache-sized blocks of planes; the forward over small planes
-    multiplies all taps at once instead. The kernel gradient, ``grad_out * window``, is a
-    single op over a view of all k*k windows of a padded copy of ``x``, written out in order.
+    On the CPU, where the compiled kernels are available (:func:`_compiled`), the forward and
+    the whole backward are one pass each over the kernels, cache-sized chunks of rows at a time.
+
+    Otherwise (pure PyTorch): the forward and the gradient for ``x`` treat each tap as one flat
+    shift over whole (H*W) planes (long contiguous runs; the few entries that wrap across a row
+    edge are put right per column), in cache-sized blocks of planes; the forward over small
+    planes multiplies all taps at once instead. The kernel gradient, ``grad_out * window``, is
+    a single op over a view of all k*k windows of a padded copy of ``x``, written out in order.
     """
 
     @staticmethod
@@ -184,6 +196,10 @@ class _KernelModulationFn(torch.autograd.Function):
         ctx.save_for_backward(x, kernels)
         ctx.kernel_size = kernel_size
         ctx.shared = shared
+        ext = _compiled(x)
+        ctx.compiled = ext is not None
+        if ext is not None:
+            return ext.forward(x, kernels, kernel_size, shared)
         return _modulate(x, kernels, kernel_size, shared, transposed=False)
 
     @staticmethod
@@ -192,21 +208,32 @@ class _KernelModulationFn(torch.autograd.Function):
         x, kernels = ctx.saved_tensors
         k, shared = ctx.kernel_size, ctx.shared
         grad_out = grad_out.contiguous()
+        need_x, need_k = ctx.needs_input_grad[:2]
+        if ctx.compiled:
+            grad_x, grad_k = _compiled(x).backward(
+                x, kernels, grad_out.to(x.dtype), k, shared, need_x, need_k
+            )
+            return (grad_x if need_x else None), (grad_k if need_k else None), None, None
         grad_x = grad_k = None
-        if ctx.needs_input_grad[1]:
+        if need_k:
             b, c, h, w = x.shape
-            windows = _windows(x, k)
             grad_k = kernels.new_empty(b, 1 if shared else c, k, k, h, w)
             if shared:
+                windows = _windows(x, k)
                 for dy in range(k):
                     for dx in range(k):
                         prod = grad_out * windows[:, :, dy, dx]
                         torch.sum(prod, dim=1, keepdim=True, out=grad_k[:, :, dy, dx])
-            else:
-                torch.mul(grad_out[:, :, None, None], windows, out=grad_k)
-            del windows
+                del windows
+            elif grad_k.numel():
+                # Block by block (blocks of about _BLOCK_BYTES of the gradient), so that the
+                # padded copy of x is a small temporary, not one more x-sized tensor.
+                for bs, cs in _blocks(b, c, k * k * h * w * x.element_size()):
+                    torch.mul(
+                        grad_out[bs, cs, None, None], _windows(x[bs, cs], k), out=grad_k[bs, cs]
+                    )
             grad_k = grad_k.view(kernels.shape)
-        if ctx.needs_input_grad[0]:
+        if need_x:
             grad_x = _modulate(grad_out, kernels, k, shared, transposed=True)
         return grad_x, grad_k, None, None
 
