@@ -9,30 +9,11 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_kernel_modulation import _grads_vs_oracle, unfold_reference  # the unfold oracle
 
 from harmonize.layers import _kmod_ext, kernel_modulation
 
 km = importlib.import_module("harmonize.layers.kernel_modulation")  # the module, not the function
-
-
-def unfold_reference(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
-    b, c, h, w = x.shape
-    cols = F.unfold(x, k, padding=k // 2).view(b, c, k * k, h, w)
-    return (cols * kernels.view(b, -1, k * k, h, w)).sum(2)
-
-
-def _grads_vs_oracle(x, kernels, k, rtol=1e-7, atol=1e-7):
-    x = x.clone().requires_grad_(True)
-    kernels = kernels.clone().requires_grad_(True)
-    g = torch.randn_like(x)
-    out = kernel_modulation(x, kernels, k)
-    ref = unfold_reference(x, kernels, k)
-    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
-    got = torch.autograd.grad(out, (x, kernels), g)
-    want = torch.autograd.grad(ref, (x, kernels), g)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
 @pytest.fixture

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
+from ._options import METHODS as _METHODS
+from ._options import RESIZE_MODES as _RESIZE_MODES
+from ._options import add_model_arguments
 
 _logger = logging.getLogger(__name__)
 
-# The library's ANCHORS (harmonize.cutout), METHODS and RESIZE_MODES (harmonize.highres),
-# written out so that --help needs no torch.
+# The library's ANCHORS (harmonize.cutout), written out so that --help needs no torch.
 _ANCHORS = ("center", "top-left", "top", "top-right", "left", "right", "bottom-left", "bottom", "bottom-right")
-_METHODS = ("affine", "upsample")
-_RESIZE_MODES = ("square", "keep")
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -49,9 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, metavar="S", help="resize the cutout by S before pasting (default: 1)")
     p.add_argument("--save-composite", metavar="FILE", help="also write the pasted composite before harmonization")
     p.add_argument("--save-mask", metavar="FILE", help="also write its mask (the placed alpha, soft edges kept; .png)")
-    p.add_argument("--model", default="gknet", help="registered name, hf-hub:org/repo or local-dir:PATH (default: gknet)")
-    p.add_argument("--checkpoint", metavar="FILE", help="safetensors weights for --model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_model_arguments(p)
     p.add_argument("--size", type=int, default=None, metavar="N", help="working resolution of the network (default: the model's, 256)")
     p.add_argument("--method", default="affine", choices=_METHODS, help="how the colour change reaches full resolution (default: affine)")
     p.add_argument("--resize", default="square", choices=_RESIZE_MODES, help="what the network sees: square or aspect kept (default: square)")

@@ -21,13 +21,14 @@ import warnings
 from pathlib import Path
 
 from ..errors import UsageError
+from ._options import METHODS as _METHODS
+from ._options import RESIZE_MODES as _RESIZE_MODES
+from ._options import add_model_arguments
 
 _logger = logging.getLogger(__name__)
 
-# The library's METHODS, RESIZE_MODES and MAX_NETWORK_SIZE (harmonize.highres), written out so
-# that --help and the argument checks need no torch.
-_METHODS = ("affine", "upsample")
-_RESIZE_MODES = ("square", "keep")
+# The library's MAX_NETWORK_SIZE (harmonize.highres), written out so that --help and the argument
+# checks need no torch.
 _MAX_SIZE = 2048
 #: Exit code of a folder run that wrote some outputs and skipped inputs it could not harmonize.
 EXIT_SOME_FAILED = 1
@@ -43,9 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.jpg .png .webp .tif), or folder with --images")
     p.add_argument("--images", metavar="DIR", help="folder of composites")
     p.add_argument("--masks", metavar="DIR", help="folder of masks, matched by name: NAME.*, NAME_mask.* or (iHarmony4) NAME_K for NAME_K_J")
-    p.add_argument("--model", default="gknet", help="registered name, hf-hub:org/repo or local-dir:PATH (default: gknet)")
-    p.add_argument("--checkpoint", metavar="FILE", help="safetensors weights for --model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_model_arguments(p)
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per network call (default: 1 on CPU, 8 on CUDA)")
     p.add_argument("--size", type=int, default=None, metavar="N", help=f"working resolution of the network, 16-{_MAX_SIZE} (default: the model's, 256)")
     p.add_argument("--method", default="affine", choices=_METHODS, help="how the colour change reaches full resolution (default: affine)")

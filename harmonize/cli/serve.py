@@ -13,12 +13,11 @@ import socket
 import sys
 
 from ..errors import UsageError
+from ._options import METHODS as _METHODS
+from ._options import RESIZE_MODES as _RESIZE_MODES
 
 _logger = logging.getLogger(__name__)
 
-# The library's METHODS and RESIZE_MODES (harmonize.highres), written out so that --help needs no torch.
-_METHODS = ("affine", "upsample")
-_RESIZE_MODES = ("square", "keep")
 #: module -> the package that provides it, for the web extra
 _WEB_MODULES = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
 #: offered beside the models with shipped weights: the classical baseline, fast and weightless

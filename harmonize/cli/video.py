@@ -13,11 +13,12 @@ import importlib.util
 from pathlib import Path
 
 from ..errors import UsageError
+from ._options import RESIZE_MODES as _RESIZE_MODES
+from ._options import add_model_arguments
 
 # harmonize.video.io.INSTALL_HINT and DEFAULT_WINDOW, written out so that --help needs no torch.
 _INSTALL_HINT = 'pip install "harmonize[video]"'
 _DEFAULT_WINDOW = 9
-_RESIZE_MODES = ("square", "keep")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,9 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output video (.mp4 .mov .mkv .webm .avi)")
     p.add_argument("--window", type=int, default=_DEFAULT_WINDOW, metavar="N",
                    help=f"frames whose colour transforms are averaged, centred, odd; 1 = frame by frame (default: {_DEFAULT_WINDOW})")
-    p.add_argument("--model", default="gknet", help="registered name, hf-hub:org/repo or local-dir:PATH (default: gknet)")
-    p.add_argument("--checkpoint", metavar="FILE", help="safetensors weights for --model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_model_arguments(p)
     p.add_argument("--size", type=int, default=None, metavar="N", help="working resolution of the network (default: the model's, 256)")
     p.add_argument("--resize", default="square", choices=_RESIZE_MODES, help="what the network sees (default: square)")
     p.add_argument("--codec", default=None, help="video encoder (default: libx264 for .mp4/.mov/.mkv; ffv1 is lossless)")
