@@ -8,8 +8,11 @@ from harmonize.layers import (
     KernelModulation,
     KernelPredictionBlock,
     LongDistanceReferenceExtractor,
+    Mlp,
     SelectiveCorrelationFusion,
+    SelfAttention,
     SpatialSeparatedAttention,
+    TransformerBlock,
     kernel_modulation,
     masked_mean,
     sincos_pos_embed_2d,
@@ -169,3 +172,47 @@ def test_kpb_softmax_kernels_sum_to_one():
     assert kernels.view(2, 5, 9, 8, 8)[:, :, 4].min() > 0.8  # starts near the identity
     with pytest.raises(ValueError, match="kernel_norm"):
         KernelPredictionBlock(8, 6, 8, 5, kernel_norm="l1")
+
+
+@pytest.mark.parametrize("dim,heads,tokens", [(32, 2, 10), (160, 4, 256)])
+def test_transformer_block_is_timms_vit_block(dim, heads, tokens):
+    # same parameter names, same initialisation from the same seed, same outputs: weights trained
+    # with timm's Block load and run unchanged
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(0)
+    theirs = Block(dim, heads, mlp_ratio=4.0, qkv_bias=True).eval()
+    torch.manual_seed(0)
+    ours = TransformerBlock(dim, heads, mlp_ratio=4.0, qkv_bias=True).eval()
+    sd_theirs, sd_ours = theirs.state_dict(), ours.state_dict()
+    assert list(sd_ours) == list(sd_theirs)
+    for k in sd_theirs:
+        assert torch.equal(sd_ours[k], sd_theirs[k]), k
+    with torch.no_grad():
+        for p in theirs.parameters():  # LayerNorm starts at 1/0: move it so it matters
+            p.add_(0.05 * torch.randn_like(p))
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(3, tokens, dim)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6, rtol=1e-5)
+
+
+def test_mlp_is_timms_mlp():
+    from timm.layers import Mlp as TimmMlp
+
+    torch.manual_seed(1)
+    theirs = TimmMlp(24, 6, 24, act_layer=nn.ReLU)
+    torch.manual_seed(1)
+    ours = Mlp(24, 6, 24, act_layer=nn.ReLU)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(5, 24)
+    assert torch.equal(ours(x), theirs(x))
+
+
+def test_self_attention_mixes_every_token():
+    attn = SelfAttention(16, num_heads=4, qkv_bias=True)
+    x = torch.randn(1, 9, 16, requires_grad=True)
+    attn(x)[0, 0].sum().backward()
+    assert bool((x.grad[0].abs().sum(dim=1) > 0).all())
+    with pytest.raises(ValueError, match="divisible"):
+        SelfAttention(10, num_heads=4)

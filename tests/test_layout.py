@@ -31,6 +31,17 @@ def test_create_model_does_not_import_the_cli():
     assert _run(code) == "[]"
 
 
+def test_running_the_shipped_models_imports_neither_timm_nor_torchvision():
+    # timm pulls torchvision and torch._dynamo: about half of a whole `harmonize run` (benchmarks/startup.py)
+    code = (
+        "import sys, torch, harmonize\n"
+        "for name in ('gknet', 'hdnet', 'gknet_large'):\n"
+        "    harmonize.create_model(name).eval()(torch.rand(1, 3, 64, 64), torch.ones(1, 1, 64, 64))\n"
+        "print([m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules])"
+    )
+    assert _run(code) == "[]"
+
+
 def test_help_imports_no_torch():
     code = (
         "import sys\nfrom harmonize.cli import build_parser\nbuild_parser()\n"

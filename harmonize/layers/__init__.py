@@ -8,6 +8,7 @@ from .lre import LongDistanceReferenceExtractor, sincos_pos_embed_2d
 from .mask_global_dynamic import MaskGlobalDynamic, dynamic_conv1x1
 from .rain import RegionAwareInstanceNorm, region_aware_instance_norm
 from .scf import SelectiveCorrelationFusion
+from .transformer import Mlp, SelfAttention, TransformerBlock, self_attention
 
 __all__ = [
     "kernel_modulation",
@@ -25,4 +26,8 @@ __all__ = [
     "MaskGlobalDynamic",
     "region_aware_instance_norm",
     "RegionAwareInstanceNorm",
+    "self_attention",
+    "SelfAttention",
+    "Mlp",
+    "TransformerBlock",
 ]

@@ -80,6 +80,8 @@ class KernelPredictionBlock(nn.Module):
     def reset_kernel_head(self) -> None:
         """Start from identity kernels: zero weights, bias 1 at each kernel's centre."""
         kk = self.kernel_size * self.kernel_size
+        if self.kernel_head.weight.is_meta:  # no values to set; normal_ there would import torch._dynamo (1 s)
+            return
         nn.init.normal_(self.kernel_head.weight, std=1e-3)
         with torch.no_grad():
             bias = torch.zeros(self.kernel_chs, kk)

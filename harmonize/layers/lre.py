@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+
+from .transformer import TransformerBlock
 
 __all__ = ["sincos_pos_embed_2d", "LongDistanceReferenceExtractor"]
 
@@ -37,8 +38,9 @@ class LongDistanceReferenceExtractor(nn.Module):
     """Transformer layers over the pixels of a feature map, then a post-conv (F_LR).
 
     Every pixel of the deepest encoder feature is a token; ``depth`` pre-norm transformer
-    blocks (timm's ViT ``Block``) mix them globally, and a 3x3 convolution maps the result
-    back to a feature map: the long-distance reference feature.
+    blocks (:class:`~harmonize.layers.TransformerBlock`, timm's ViT ``Block`` in parameters
+    and outputs) mix them globally, and a 3x3 convolution maps the result back to a feature
+    map: the long-distance reference feature.
 
     Args:
         in_chs: channels of the input feature map.
@@ -73,7 +75,7 @@ class LongDistanceReferenceExtractor(nn.Module):
         self.out_chs = out_chs or in_chs
         self.embed = nn.Conv2d(in_chs, embed_dim, 1)
         self.blocks = nn.Sequential(
-            *[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)]
+            *[TransformerBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)]
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.post_conv = nn.Conv2d(embed_dim, self.out_chs, 3, padding=1)

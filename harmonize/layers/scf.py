@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from torch import Tensor, nn
+
+from .transformer import Mlp
 
 __all__ = ["SelectiveCorrelationFusion"]
 
