@@ -17,44 +17,31 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
-import time
-from io import BytesIO
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _baseline import BASELINE, ROOT, cli_code, extract, run_python
+
 SAMPLE = "harmonize/assets/samples"
 
 
-def _extract(commit: str, dest: Path) -> None:
-    data = subprocess.run(["git", "archive", commit, "harmonize"], cwd=ROOT, capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
-
-
 def _time(code: str, pythonpath: Path, cwd: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - start
+    return run_python(code, pythonpath, cwd, threads=int(os.environ.get("OMP_NUM_THREADS", "2")))[0]
 
 
 def _cli(args: list[str]) -> str:
-    return f"import sys\nfrom harmonize.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+    return cli_code(args)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--baseline", default="14ca5a0", help="commit of the baseline (harmonize 0.1)")
+    p.add_argument("--baseline", default=BASELINE, help="commit of the baseline (harmonize 0.1)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = tmp / "baseline"
-        _extract(args.baseline, base)
+        extract(args.baseline, base)
         out = tmp / "out"
         out.mkdir()
         # a 256x256 photo and its mask: a bundled sample

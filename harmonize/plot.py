@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import InvalidInputError, UsageError
 from .utils.files import atomic_write_bytes
 
-__all__ = ["RunLog", "read_run", "plot_run", "PANEL_SIZE", "DPI"]
+__all__ = ["RunLog", "read_run", "plot_run", "plot_runs", "PANEL_SIZE", "DPI"]
 
 #: Inches of one panel (width, height) and the resolution: a panel is 460 x 360 pixels.
 PANEL_SIZE = (4.6, 3.6)
@@ -116,6 +116,64 @@ def _moving_average(values: list[float], width: int) -> list[float]:
     return out
 
 
+def _figure(n: int, out: Path):
+    """A Figure of ``n`` panels side by side, for a PNG at ``out``."""
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"{out}: the plot is written as PNG; name it *.png")
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise UsageError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from e
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PANEL_SIZE[0] * n, PANEL_SIZE[1]), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(1, n)
+
+
+def _save(fig, out: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike, title: str | None = None,
+              labels: list[str] | None = None) -> Path:
+    """Compare runs: their training loss (moving average) and their evaluation fMSE over the steps.
+
+    Args:
+        runs: run folders, one colour each.
+        out: the PNG to write (two panels, 920 x 360 pixels); written atomically.
+        title: the figure's title (None: none).
+        labels: the legend's names (None: the folders' names).
+    """
+    logs = [read_run(r) for r in runs]
+    labels = labels or [log.path.name for log in logs]
+    if len(labels) != len(logs):
+        raise UsageError(f"{len(labels)} labels for {len(logs)} runs")
+    out = Path(out)
+    fig, (loss_ax, eval_ax) = _figure(2, out)
+    for i, (log, label) in enumerate(zip(logs, labels)):
+        colour = f"C{i % 10}"
+        width = 1 if len(log.loss) < 6 else max(3, len(log.loss) // 20)
+        loss_ax.plot(log.steps, _moving_average(log.loss, width), color=colour, linewidth=1.5, label=label)
+        if log.eval_steps:
+            eval_ax.plot(log.eval_steps, log.eval_fmse, "o-", color=colour, markersize=3, label=label)
+    loss_ax.set(title="training loss (moving average)", xlabel="step")
+    eval_ax.set(title="evaluation fMSE (lower is better)", xlabel="step")
+    eval_ax.ticklabel_format(axis="y", useOffset=False)
+    loss_ax.legend(loc="upper right", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
 def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, title: str | None = None) -> Path:
     """Draw a run's loss, learning rate and eval scores over the steps into a PNG.
 
@@ -130,20 +188,9 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, title
     """
     log = read_run(run)
     out = Path(out) if out is not None else log.path / "plot.png"
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"{out}: the plot is written as PNG; name it *.png")
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise UsageError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from e
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     has_eval = any(not math.isnan(v) for v in log.eval_fmse + log.eval_psnr)
     n = 3 if has_eval else 2
-    fig = Figure(figsize=(PANEL_SIZE[0] * n, PANEL_SIZE[1]), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, n)
+    fig, axes = _figure(n, out)
 
     ax = axes[0]
     width = 1 if len(log.loss) < 6 else max(3, len(log.loss) // 20)
@@ -170,12 +217,6 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, title
         twin.set_ylabel("PSNR dB (higher is better)", color="tab:green")
         twin.ticklabel_format(axis="y", useOffset=False)
         ax.ticklabel_format(axis="y", useOffset=False)
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     last = f"step {log.steps[-1]}, loss {log.loss[-1]:.4g}"
     fig.suptitle(title if title is not None else f"{log.path.name}: {last}")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return _save(fig, out)

@@ -63,3 +63,15 @@ def test_command(tmp_path, capsys):
         assert main(["plot", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expect in err, err
+
+
+def test_comparing_runs_draws_each_in_its_own_colour(tmp_path, capsys):
+    a, b = _run(tmp_path / "a"), _run(tmp_path / "b", evals=False)
+    out = tmp_path / "cmp.png"
+    assert main(["plot", str(a), str(b), "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (2 * PANEL[0], PANEL[1])
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours  # matplotlib's C0 and C1: one per run
+    assert main(["plot", str(a), str(b)]) == 2
+    assert "needs -o" in capsys.readouterr().err

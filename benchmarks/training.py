@@ -1,0 +1,76 @@
+"""Trainer throughput at 256x256, batch 4, on the default model: this checkout against 0.1.
+
+Both sides train the same network (GKNet as shipped: widths 24..160, softmax kernels; 0.1
+called it ``gknet_small`` with ``kernel_norm="softmax"``) from the same seed on the LabelMe
+training list, with the trainer's defaults for the CPU (bf16 autocast, channels-last), one
+data-loader worker and no evaluation, in fresh processes, interleaved (``--reps`` rounds).
+Images per second is read from each run's ``log.csv`` over the steps after the first
+``--warmup`` ones; the mean loss over those steps is printed for both sides (equal within
+noise: the same data order and initialisation).
+
+Goal (issue "Fast from the first keystroke"): at least 1.5x 0.1's images per second.
+
+    python benchmarks/training.py [--reps 2] [--steps 40] [--warmup 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from _baseline import BASELINE, ROOT, cli_code, extract, load_average, run_python
+
+
+def _config(model: str, model_args: dict, data: str, steps: int, log_every: int) -> dict:
+    return {
+        "model": model, "model_args": model_args, "data": data, "subsets": ["LabelMe"], "size": 256,
+        "batch_size": 4, "steps": steps, "lr": 1e-4, "schedule": "constant", "warmup_steps": 0, "grad_clip": 1.0,
+        "ema_decay": 0.998, "amp": "auto", "workers": 1, "synthetic": 0.7, "eval_split": "none",
+        "ckpt_every": steps, "log_every": log_every, "seed": 0,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=10, help="first steps left out of the timing")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "labelme-harmony"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline", default=BASELINE)
+    args = p.parse_args()
+    print(f"256x256, batch 4, {args.steps} steps (the first {args.warmup} untimed), {args.threads} threads, "
+          f"{args.reps} rounds; load average before the run: {load_average()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = extract(args.baseline, tmp / "baseline")
+        sides = {
+            "0.1": (base, _config("gknet_small", {"kernel_norm": "softmax"}, args.data, args.steps, args.warmup)),
+            "now": (ROOT, _config("gknet", {}, args.data, args.steps, args.warmup)),
+        }
+        speed: dict[str, list[float]] = {k: [] for k in sides}
+        loss: dict[str, list[float]] = {k: [] for k in sides}
+        for rep in range(args.reps):
+            for side, (path, cfg) in sides.items():
+                out = tmp / f"{side}{rep}"
+                conf = tmp / f"{side}.json"
+                conf.write_text(json.dumps(cfg))
+                run_python(cli_code(["train", "--config", str(conf), "--out", str(out), "--no-progress"]), path, tmp,
+                           threads=args.threads)
+                rows = [r for r in csv.DictReader((out / "log.csv").open()) if int(r["step"]) > args.warmup]
+                speed[side].append(statistics.mean(float(r["images_per_s"]) for r in rows))
+                loss[side].append(statistics.mean(float(r["loss"]) for r in rows))
+    print(f"{'':6} {'images/s':>9} {'s/step':>7} {'loss (timed steps)':>19}")
+    for side in sides:
+        s = statistics.median(speed[side])
+        print(f"{side:6} {s:9.2f} {4 / s:7.2f} {statistics.mean(loss[side]):19.4f}")
+    ratio = statistics.median(speed["now"]) / statistics.median(speed["0.1"])
+    print(f"images/s now / 0.1: {ratio:.2f}x; goal (>= 1.5x): {'met' if ratio >= 1.5 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
