@@ -73,7 +73,8 @@ def timed(fn: Callable[[], object], reps: int, warmup: int = 3) -> tuple[float, 
 def run_tests() -> int:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_triton_ops.py"]
     print("$", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, "HARMONIZE_KMOD_EXT": "0"}  # the CPU reference: no C++ build first
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     print("\n".join((out.stdout + out.stderr).strip().splitlines()[-15:]), flush=True)
     return out.returncode
 

@@ -40,7 +40,8 @@ def _load() -> ModuleType | None:
                 from . import _triton_ops as module
             except Exception as e:  # no triton, or one that cannot work here: PyTorch path
                 logger.warning(
-                    "Triton kernels unavailable, the layers use their PyTorch path on the GPU (%s: %s)",
+                    "Triton kernels unavailable, the layers use their PyTorch path on the GPU "
+                    "(%s: %s)",
                     type(e).__name__,
                     str(e).strip().splitlines()[-1] if str(e).strip() else "",
                 )

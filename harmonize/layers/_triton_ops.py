@@ -41,10 +41,12 @@ def _kmod_kernel(
 ):  # fmt: skip
     """``TRANSPOSED=False``: ``out[p] = sum_j k[j, p] * src[p + s_j]`` (the forward).
     ``TRANSPOSED=True``: ``out[p] = sum_j k[j, p - s_j] * src[p - s_j]`` (the gradient for x)."""
-    bc = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)  # one 1-D grid: CUDA caps the other axes at 65535
+    tiles = tl.cdiv(H * W, BLOCK)
+    bc = pid // tiles
     b = bc // C
     c = bc % C
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    p = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)
     inside = p < H * W
     y = p // W
     x = p % W
@@ -81,7 +83,8 @@ def _kmod_grad_k_kernel(
     BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """``gk[j, p] = sum_c g[c, p] * x[c, p + s_j]``: over one channel, or all for shared kernels."""
-    pid = tl.program_id(1).to(tl.int64)  # b * C + c, or b when shared
+    tiles = tl.cdiv(H * W, BLOCK)
+    pid = tl.program_id(0).to(tl.int64) // tiles  # b * C + c, or b when shared
     if SHARED:
         b = pid
         c0 = pid * 0
@@ -90,7 +93,7 @@ def _kmod_grad_k_kernel(
         b = pid // C
         c0 = pid % C
         nc = 1
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    p = (tl.program_id(0).to(tl.int64) % tiles) * BLOCK + tl.arange(0, BLOCK)
     inside = p < H * W
     y = p // W
     x = p % W
@@ -119,7 +122,7 @@ def _modulate(src: Tensor, kernels: Tensor, k: int, shared: bool, transposed: bo
     out = torch.empty((b, c, h, w), dtype=src.dtype, device=src.device)
     if out.numel() == 0:
         return out.zero_()
-    grid = (triton.cdiv(h * w, _BLOCK), b * c)
+    grid = (triton.cdiv(h * w, _BLOCK) * b * c,)
     _kmod_kernel[grid](
         src, kernels, out, c, h, w, *src.stride(), *kernels.stride(),
         K=k, SHARED=shared, TRANSPOSED=transposed, BLOCK=_BLOCK, ACC=_acc(src.dtype),
@@ -136,7 +139,7 @@ def _grad_kernels(x: Tensor, grad_out: Tensor, k: int, shared: bool) -> Tensor:
         return out.zero_()
     kk_p = triton.next_power_of_2(k * k)
     block = max(16, 4096 // kk_p)
-    grid = (triton.cdiv(h * w, block), b * groups)
+    grid = (triton.cdiv(h * w, block) * b * groups,)
     _kmod_grad_k_kernel[grid](
         x, grad_out, out, c, h, w, *x.stride(), *grad_out.stride(),
         K=k, SHARED=shared, KK_P=kk_p, BLOCK=block, ACC=_acc(x.dtype),

@@ -116,7 +116,9 @@ def _gather_mean(v: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
     return (gathered * valid).sum(2) / valid.sum(2).clamp_min(1)
 
 
-def _match_triton(ops: ModuleType, q: Tensor, k: Tensor, v: Tensor, fg: Tensor, top_k: int) -> Tensor:
+def _match_triton(
+    ops: ModuleType, q: Tensor, k: Tensor, v: Tensor, fg: Tensor, top_k: int
+) -> Tensor:
     """:func:`_match` over every query at once, selected by the Triton kernel (no ``N x N``
     similarities in memory); the gathering, and so the gradient, is :func:`_gather_mean`."""
     idx = ops.local_dynamic_topk(q, k, fg, top_k)  # -1: no background key left

@@ -32,7 +32,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return d
 
 
-def inference_autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+def inference_autocast(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager:
     """bfloat16 autocast for inference on a CUDA device that has it; otherwise nothing.
 
     bfloat16 keeps float32's range, so nothing overflows; float16 (the only choice on GPUs
