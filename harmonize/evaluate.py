@@ -46,7 +46,7 @@ from .metrics import (
     prepare_image,
     prepare_mask,
 )
-from .utils.device import resolve_device
+from .utils.device import inference_autocast, resolve_device
 from .utils.files import atomic_write_text
 
 __all__ = [
@@ -92,6 +92,7 @@ def evaluate_models(
     num_workers: int = 0,
     ssim: bool = False,
     indices: Sequence[int] | None = None,
+    amp: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Score several models in one pass over the data (each batch is read once).
 
@@ -106,6 +107,8 @@ def evaluate_models(
         num_workers: DataLoader workers reading and resizing images.
         ssim: also compute SSIM.
         indices: score only these items of ``dataset``.
+        amp: run the models in bfloat16 autocast on a CUDA GPU that supports it (outputs
+            cast to float32 and clamped); no effect on the CPU, which stays in float32.
 
     Returns:
         ``({name: summary}, {name: records})``, summary as
@@ -130,7 +133,9 @@ def evaluate_models(
             for batch in loader:
                 comp, mask, real = (batch[k].to(dev) for k in ("composite", "mask", "real"))
                 for name, model in models.items():
-                    pred = model(comp, mask).clamp(0, 1)
+                    with inference_autocast(dev, amp):
+                        pred = model(comp, mask)
+                    pred = pred.float().clamp(0, 1)
                     metrics[name].update(
                         pred, real, mask, composite=comp, subsets=batch["subset"], names=batch["name"]
                     )
@@ -154,6 +159,7 @@ def evaluate(
     num_workers: int = 0,
     ssim: bool = False,
     indices: Sequence[int] | None = None,
+    amp: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score one model: ``(summary, records)``; see :func:`evaluate_models` for the arguments.
 
@@ -163,7 +169,7 @@ def evaluate(
     """
     name = getattr(model, "architecture", type(model).__name__)
     summaries, records = evaluate_models(
-        {name: model}, dataset, preset, batch_size, device, progress, num_workers, ssim, indices
+        {name: model}, dataset, preset, batch_size, device, progress, num_workers, ssim, indices, amp
     )
     return summaries[name], records[name]
 

@@ -58,7 +58,7 @@ from ..data.io import check_unit_range, image_to_tensor
 from ..data.transforms import resize_image
 from ..errors import InvalidInputError, NonFiniteError, UsageError
 from ..utils.checks import check_image_mask
-from ..utils.device import resolve_device
+from ..utils.device import inference_autocast, resolve_device
 from .color_transform import apply_color_transform, fit_color_transform, upsample_blend
 from .convert import mask_from_any, to_uint8_hwc
 
@@ -146,6 +146,8 @@ class Harmonizer:
         eps: regularisation of the local fit towards the global one.
         batch_size: images per network call in :meth:`harmonize_many`.
         checkpoint: weights file for a model given by name.
+        amp: run the network in bfloat16 autocast on a CUDA GPU that supports it (its output
+            is cast to float32 and clamped); no effect on the CPU, which stays in float32.
 
     Example:
         >>> h = Harmonizer("reinhard")
@@ -163,6 +165,7 @@ class Harmonizer:
         eps: float = 1e-3,
         batch_size: int = 1,
         checkpoint: str | os.PathLike | None = None,
+        amp: bool = True,
     ) -> None:
         if method not in METHODS:
             raise UsageError(f"method must be one of {METHODS}, got {method!r}")
@@ -184,6 +187,7 @@ class Harmonizer:
         self.size = int(size) if size is not None else _model_size(self.model)
         self.method, self.resize = method, resize
         self.radius, self.eps, self.batch_size = radius, eps, batch_size
+        self.amp = bool(amp)
 
     def __repr__(self) -> str:
         name = getattr(self.model, "architecture", type(self.model).__name__)
@@ -221,7 +225,9 @@ class Harmonizer:
 
     @torch.no_grad()
     def _network(self, images: Tensor, masks: Tensor) -> Tensor:
-        out = self.model(images, masks).float()
+        with inference_autocast(self.device, self.amp):
+            out = self.model(images, masks)
+        out = out.float()
         if not bool(torch.isfinite(out).all()):
             raise NonFiniteError(
                 f"{self!r}: the model output NaN or infinite values (broken weights?); no result is returned"

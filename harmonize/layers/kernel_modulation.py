@@ -5,7 +5,8 @@ are predicted for that pixel (and channel). The op is written as shift-and-accum
 with its own backward, so neither pass builds the ``k*k``-times larger unfolded copy of
 the input: memory stays near the size of the kernels themselves. On the CPU it runs
 compiled kernels where they can be built (:mod:`harmonize.layers._kmod_ext`, built on first
-use), else pure PyTorch.
+use), else pure PyTorch. On CUDA it runs Triton kernels (:mod:`harmonize.layers._triton_ops`,
+imported on the first CUDA call) where triton is installed, else the same pure PyTorch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .._config import is_exportable
 from . import _kmod_ext
+from ._gpu import triton_ops
 
 __all__ = ["kernel_modulation", "KernelModulation"]
 
@@ -283,6 +285,9 @@ def kernel_modulation(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tenso
         kernels = kernels.to(x.dtype)
     if is_exportable():
         return _kernel_modulation_traceable(x, kernels, kernel_size, shared)
+    ops = triton_ops(x)
+    if ops is not None:  # CUDA: strided inputs are read in place
+        return ops.kernel_modulation(x, kernels, kernel_size, shared)
     return _KernelModulationFn.apply(x, kernels.contiguous(), kernel_size, shared)
 
 

@@ -7,7 +7,9 @@ fusion of its own feature with theirs. Background positions are left as they are
 The similarity between all foreground and all background positions is an ``HW x HW``
 matrix per image. It is never built whole: query positions are processed in chunks, so
 the peak memory of the matching is ``B x chunk_size x HW`` similarities, and the result
-does not depend on the chunk size.
+does not depend on the chunk size. On CUDA, where triton is installed, one Triton kernel
+keeps a running top-k per query instead (:mod:`harmonize.layers._triton_ops`), so no
+similarities are stored at all.
 
 Unlike the public HDNet code, no softmax is taken over the spatial axis (there it
 multiplied the fused features by about ``1 / HW``); the gathered features are used as
@@ -16,13 +18,19 @@ they are.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._config import is_exportable
+from ._gpu import triton_ops
 
 __all__ = ["LocalDynamic", "foreground_positions", "local_dynamic"]
+
+# The Triton kernel compares in float32: float64 stays on the PyTorch path.
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def foreground_positions(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -87,14 +95,34 @@ def _match(q: Tensor, k: Tensor, v: Tensor, fg: Tensor, top_k: int) -> Tensor:
     Shape:
         q (B, m, C), k (B, C, N), v (B, N, Cv), fg (B, N) foreground keys -> (B, m, Cv)
     """
-    b, m, _ = q.shape
-    cv = v.shape[-1]
     sim = torch.bmm(q, k).masked_fill(fg[:, None, :], float("-inf"))  # foreground keys cannot be chosen
-    idx = sim.topk(top_k, dim=-1).indices.flatten(1)  # (B, m * top_k)
+    idx = sim.topk(top_k, dim=-1).indices  # (B, m, top_k)
     # A selected key that is not background (fewer than top_k of them) does not count.
-    valid = (~fg).gather(1, idx).view(b, m, top_k, 1).to(v.dtype)
-    gathered = v.gather(1, idx[..., None].expand(-1, -1, cv)).view(b, m, top_k, cv)
+    valid = (~fg).gather(1, idx.flatten(1)).view(idx.shape)
+    return _gather_mean(v, idx, valid)
+
+
+def _gather_mean(v: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
+    """The mean of the values at the valid selected keys (zero where none is valid).
+
+    Shape:
+        v (B, N, Cv), idx (B, m, top_k) key indices in 0..N-1, valid (B, m, top_k) bool
+        -> (B, m, Cv)
+    """
+    b, m, top_k = idx.shape
+    cv = v.shape[-1]
+    valid = valid[..., None].to(v.dtype)
+    gathered = v.gather(1, idx.flatten(1)[..., None].expand(-1, -1, cv)).view(b, m, top_k, cv)
     return (gathered * valid).sum(2) / valid.sum(2).clamp_min(1)
+
+
+def _match_triton(
+    ops: ModuleType, q: Tensor, k: Tensor, v: Tensor, fg: Tensor, top_k: int
+) -> Tensor:
+    """:func:`_match` over every query at once, selected by the Triton kernel (no ``N x N``
+    similarities in memory); the gathering, and so the gradient, is :func:`_gather_mean`."""
+    idx = ops.local_dynamic_topk(q, k, fg, top_k)  # -1: no background key left
+    return _gather_mean(v, idx.clamp_min(0), idx >= 0)
 
 
 def local_dynamic(
@@ -150,8 +178,11 @@ def local_dynamic(
     n = h * w
     fg = foreground_positions(mask, (h, w)).flatten(1)  # (B, N)
     q, k, v = _flatten_features(query_feat, key_feat, value_feat)
+    ops = triton_ops(q) if q.dtype in _TRITON_DTYPES else None
     if is_exportable():  # one match over every position: no loop whose length depends on the size
         matched = _match(q, k, v, fg, top_k)
+    elif ops is not None:  # CUDA: the Triton kernel, in one pass whatever chunk_size
+        matched = _match_triton(ops, q, k, v, fg, min(top_k, n))
     else:
         kk = min(top_k, n)
         matched = torch.cat([_match(q[:, s : s + chunk_size], k, v, fg, kk) for s in range(0, n, chunk_size)], dim=1)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..errors import UsageError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "inference_autocast"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -28,3 +30,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if d.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"device {str(device)!r}: MPS is not available on this machine")
     return d
+
+
+def inference_autocast(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for inference on a CUDA device that has it; otherwise nothing.
+
+    bfloat16 keeps float32's range, so nothing overflows; float16 (the only choice on GPUs
+    without bfloat16) could, and is not used. On the CPU the network stays in float32, bit for
+    bit: callers cast the output to float32 and clamp it either way.
+    """
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
