@@ -283,7 +283,7 @@ def kernel_modulation(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tenso
     _, shared = _check(x, kernels, kernel_size)
     if kernels.dtype != x.dtype:
         kernels = kernels.to(x.dtype)
-    if is_exportable():
+    if is_exportable() or torch.compiler.is_compiling():  # torch.compile fuses the plain sum itself
         return _kernel_modulation_traceable(x, kernels, kernel_size, shared)
     ops = triton_ops(x)
     if ops is not None:  # CUDA: strided inputs are read in place
