@@ -6,10 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download
 from torch import nn
 
-from ._hub import load_state_dict, load_weights
+from ._hub import hf_hub_download, load_state_dict, load_weights
 from ._pretrained import PretrainedCfg
 from .errors import NoPretrainedWeights
 

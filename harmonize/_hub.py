@@ -11,10 +11,9 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -22,6 +21,9 @@ from torch import nn
 from ._pretrained import PretrainedCfg
 from .errors import ConfigError, InvalidInputError, UsageError, WeightsMismatchError
 from .utils.files import atomic_write
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 __all__ = [
     "load_state_dict",
@@ -173,8 +175,18 @@ def _model_config(model: nn.Module) -> dict[str, Any]:
     return {"architecture": arch, "model_args": dict(getattr(model, "model_args", {})), "pretrained_cfg": pc}
 
 
+def hf_hub_download(repo_id: str, filename: str, **kwargs: Any) -> str:
+    """``huggingface_hub.hf_hub_download``, imported when first needed: importing it takes
+    about 0.4 s, which a model whose weights ship with the package never needs."""
+    from huggingface_hub import hf_hub_download as download
+
+    return download(repo_id, filename, **kwargs)
+
+
 def model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard:
     """A Hub model card (YAML metadata + Markdown) from the model's ``pretrained_cfg``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     config = _model_config(model)
     cfg = PretrainedCfg.from_dict(config["pretrained_cfg"])
     arch = config["architecture"]
@@ -271,6 +283,8 @@ def push_to_hub(
     Returns:
         The URL of the commit.
     """
+    from huggingface_hub import HfApi
+
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, half=half, repo_id=repo_id)

@@ -9,16 +9,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SAMPLE, require
 from PIL import Image
 from torch import Tensor, nn
 
 import harmonize
-from harmonize.data.io import load_image
+from harmonize.data.io import load_image, load_mask
+from harmonize.data.transforms import resize_image
 from harmonize.highres import (
     Harmonizer,
     apply_color_transform,
     clean_mask,
     fit_color_transform,
+    mask_is_empty,
     upsample_blend,
 )
 from harmonize.metrics import fmse
@@ -305,3 +308,74 @@ def test_16bit_rgb_png_keeps_its_precision(tmp_path) -> None:
     t = load_image(tmp_path / "rgb16.png")
     assert t.shape == (3, 9, 13)
     assert torch.equal(t, torch.from_numpy(a.astype(np.float32) / 65535.0).permute(2, 0, 1))
+
+
+# ----------------------------------------------------------------- uint8 all the way (12 MP in little memory)
+
+HADOBE = SAMPLE / "HAdobe5k"
+HADOBE_COMP, HADOBE_MASK = HADOBE / "composite_images" / "a0002_1_4.jpg", HADOBE / "masks" / "a0002_1.png"
+
+
+def _hadobe_uint8(scale: int) -> tuple[Tensor, Tensor]:
+    """The 12 MP HAdobe5k composite and mask shrunk ``scale`` times (the mask's edge goes soft): uint8 (3, H, W), (1, H, W)."""
+    comp, mask = Image.open(require(HADOBE_COMP)), Image.open(require(HADOBE_MASK)).convert("L")
+    size = (comp.width // scale, comp.height // scale)
+    x = torch.from_numpy(np.asarray(comp.resize(size, Image.BILINEAR)).copy()).permute(2, 0, 1)
+    m = torch.from_numpy(np.asarray(mask.resize(size, Image.BILINEAR)).copy())[None]
+    return x, m
+
+
+def test_load_uint8_is_the_float_image_times_255() -> None:
+    x8, xf = load_image(require(HADOBE_COMP), uint8=True), load_image(HADOBE_COMP)
+    assert x8.dtype == torch.uint8 and x8.shape == xf.shape == (3, 4256, 2832)
+    assert torch.equal(x8.float() / 255, xf)
+    m8, mf = load_mask(HADOBE_MASK, threshold=None, uint8=True), load_mask(HADOBE_MASK, threshold=None)
+    assert m8.dtype == torch.uint8 and m8.shape == mf.shape == (1, 4256, 2832)  # an RGB mask file, channels equal
+    assert torch.equal(m8.float() / 255, mf)
+
+
+def test_load_uint8_keeps_16_bit_files_in_float(tmp_path) -> None:
+    a = np.random.default_rng(0).integers(0, 65536, size=(9, 13, 3), dtype=np.uint16)
+    _write_png16(tmp_path / "rgb16.png", a)
+    t = load_image(tmp_path / "rgb16.png", uint8=True)
+    assert t.dtype == torch.float32 and torch.equal(t, load_image(tmp_path / "rgb16.png"))
+
+
+def test_uint8_resize_equals_the_float_resize_bit_for_bit() -> None:
+    x, m = _hadobe_uint8(4)
+    for t in (x, m):
+        for size in [(256, 256), (256, 171), (t.shape[-2], 300)]:
+            small = resize_image(t, size, max_strip_elems=20_000)  # many strips
+            assert small.dtype == torch.float32 and torch.equal(small, resize_image(t.float() / 255, size))
+
+
+def test_clean_mask_of_uint8_is_the_float_rule_on_every_value() -> None:
+    v = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(clean_mask(v).float() / 255, clean_mask(v.float() / 255))
+    assert mask_is_empty(torch.tensor([0, 3], dtype=torch.uint8)) and not mask_is_empty(torch.tensor([0, 4], dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("method", ["affine", "upsample"])
+@pytest.mark.parametrize("scale", [4, 17])  # 17: 166 x 250, under 256: the network sees it directly
+def test_uint8_path_is_the_float_path_rounded_on_hadobe5k(method: str, scale: int) -> None:
+    x, m = _hadobe_uint8(scale)
+    h = Harmonizer("reinhard", device="cpu", method=method)
+    out = h.harmonize_many([x], [m])[0]
+    ref = h.harmonize_many([x.float() / 255], [m.float() / 255])[0]
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert (out.float() - ref * 255).abs().max() <= 0.5 + 1e-3, "the float result, rounded"
+    bg = (m == 0).expand_as(x)
+    assert bg.any() and torch.equal(out[bg], x[bg]), "background bit for bit"
+    soft = ((m > 0) & (m < 255)).expand_as(x)
+    assert soft.any() and not torch.equal(out[soft], x[soft]), "soft edges blend"
+    assert (out != x).float().mean() > 0.3, "the foreground changed"
+
+
+def test_uint8_apply_writes_straight_into_uint8() -> None:
+    x, m = _hadobe_uint8(8)
+    low = resize_image(x[None], (64, 64))
+    coeffs = fit_color_transform(low, GlobalColorChange.change(low))
+    for strip in (1 << 20, 5_000):
+        out = apply_color_transform(x[None], coeffs, m[None], max_strip_elems=strip)[0]
+        ref = apply_color_transform(x[None].float() / 255, coeffs, m[None].float() / 255)[0]
+        assert out.dtype == torch.uint8 and torch.equal(out, ref.mul(255).round().to(torch.uint8))

@@ -21,19 +21,38 @@ __all__ = ["resize_image", "PairedCompose", "PairedResize", "PairedRandomResized
 _IMAGE_KEYS = ("composite", "real")
 
 
-def resize_image(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Resize (C, H, W) or (B, C, H, W) to ``size`` (H, W); antialiased when shrinking."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
+def resize_image(x: Tensor, size: tuple[int, int], mode: str = "bilinear", max_strip_elems: int = 1 << 22) -> Tensor:
+    """Resize (C, H, W) or (B, C, H, W) to ``size`` (H, W); antialiased when shrinking.
+
+    A uint8 image (0..255) comes back as float32 in 0..1, never converted whole: strips of
+    at most ``max_strip_elems`` values are converted and resized along the width, then the
+    narrow result along the height. For bilinear and bicubic resizing this equals resizing
+    ``x.float() / 255`` in one call, bit for bit.
+    """
     batched = x.dim() == 4
     xb = x if batched else x[None]
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    kwargs = {"antialias": True} if mode in ("bilinear", "bicubic") and shrink else {}
-    align = {} if mode in ("nearest", "area") else {"align_corners": False}
-    y = F.interpolate(xb, size=size, mode=mode, **align, **kwargs)
+    if x.dtype == torch.uint8:
+        rows = max(1, max_strip_elems // max(1, xb[..., :1, :].numel()))
+        strips = [_interpolate(xb[..., t : t + rows, :].float().div_(255.0), (min(rows, x.shape[-2] - t), size[1]), mode)
+                  for t in range(0, x.shape[-2], rows)]
+        y = _interpolate(torch.cat(strips, dim=-2), size, mode)
+    elif tuple(x.shape[-2:]) == tuple(size):
+        return x
+    else:
+        y = _interpolate(xb, size, mode)
     if mode == "bicubic":
         y = y.clamp(0, 1)
     return y if batched else y[0]
+
+
+def _interpolate(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+    """``F.interpolate`` of (B, C, H, W), antialiased when shrinking; ``x`` itself at its own size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    kwargs = {"antialias": True} if mode in ("bilinear", "bicubic") and shrink else {}
+    align = {} if mode in ("nearest", "area") else {"align_corners": False}
+    return F.interpolate(x, size=size, mode=mode, **align, **kwargs)
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:

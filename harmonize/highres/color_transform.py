@@ -32,12 +32,18 @@ def _box(x: Tensor, radius: int) -> Tensor:
     """Mean over a ``(2r+1)^2`` window; at the borders, over the pixels inside the image.
 
     Separable running sums (cumulative sums), so the cost does not grow with the radius.
+
+    Shape:
+        x: (B, C, h, w) -> (B, C, h, w)
     """
     if radius <= 0:
         return x
-    s, ny = _box_sum(x, radius, -2)
-    s, nx = _box_sum(s, radius, -1)
-    return s / (ny[:, None] * nx)
+    out = torch.empty_like(x)
+    for i in range(0, x.shape[1], 4):  # a few channels at a time: the running sums take 5x their input
+        s, ny = _box_sum(x[:, i : i + 4], radius, -2)
+        s, nx = _box_sum(s, radius, -1)
+        torch.div(s, ny[:, None] * nx, out=out[:, i : i + 4])
+    return out
 
 
 def fit_color_transform(
@@ -132,18 +138,34 @@ def _strips(
 
     Yields ``(rows, cols, strip)``; the strips equal the matching part of
     ``F.interpolate(low, size, mode="bilinear", align_corners=False)`` without ever building it.
+    Each row of ``low`` is interpolated along the columns once, when the first strip that
+    needs it comes; the output rows between two of them are one broadcast ``lerp``: no
+    full-size gathers, and nothing larger than a strip is allocated.
     """
     b, c, h, w = low.shape
     height, width = size
     y0, y1, x0, x1 = box
     i0, i1, fx = _source_index(width, w, x0, x1, low.device)
-    # Advanced indexing: index_select along a middle dimension is far slower on CPU.
-    cols = torch.lerp(low[..., i0], low[..., i1], fx.to(low.dtype))  # (B, C, h, x1 - x0)
+    fx = fx.to(low.dtype)
     rows_per_strip = max(1, max_elems // max(1, b * c * (x1 - x0)))
+    first, cols = 0, low.new_empty(b, c, 0, x1 - x0)  # rows first.. of low, interpolated along the columns
     for top in range(y0, y1, rows_per_strip):
         bottom = min(y1, top + rows_per_strip)
         j0, j1, fy = _source_index(height, h, top, bottom, low.device)
-        strip = torch.lerp(cols[:, :, j0], cols[:, :, j1], fy.to(low.dtype)[:, None])
+        fy = fy.to(low.dtype)[:, None]
+        lo, hi = int(j0[0]), int(j1[-1]) + 1
+        keep = cols[:, :, max(0, lo - first) :]
+        start = max(lo, first + cols.shape[2])
+        # Advanced indexing: index_select along a middle dimension is far slower on CPU.
+        sub = low[:, :, start:hi]
+        cols = torch.cat([keep, torch.lerp(sub[..., i0], sub[..., i1], fx)], dim=2) if start < hi else keep
+        first = lo
+        strip = torch.empty(b, c, bottom - top, x1 - x0, dtype=low.dtype, device=low.device)
+        # j0 never decreases: the runs of output rows that share their two source rows.
+        starts = [0, *(torch.nonzero(j0[1:] != j0[:-1]).flatten() + 1).tolist(), bottom - top]
+        for a, z in zip(starts[:-1], starts[1:]):
+            k0, k1 = int(j0[a]) - first, int(j1[a]) - first
+            torch.lerp(cols[:, :, k0 : k0 + 1], cols[:, :, k1 : k1 + 1], fy[a:z], out=strip[:, :, a:z])
         yield slice(top, bottom), slice(x0, x1), strip
 
 
@@ -159,20 +181,37 @@ def _mask_box(mask: Tensor | None, size: tuple[int, int]) -> tuple[int, int, int
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _blend_(out: Tensor, value: Tensor, image: Tensor, mask: Tensor | None, rows: slice, cols: slice) -> None:
-    """``out[rows, cols] = value * m + image * (1 - m)``; where m is 0 the image stays bit for bit.
+def _unit(x: Tensor) -> Tensor:
+    """A strip in 0..1: a float strip as it is, a uint8 one (0..255) converted to float32 and divided by 255."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
-    ``torch.lerp`` is exact at both ends for finite values: weight 0 gives ``image``, weight
-    1 gives ``value``; ``torch.where`` keeps the background even when ``value`` is not finite.
+
+def _blend_(out: Tensor, value: Tensor, x: Tensor, mask: Tensor | None, rows: slice, cols: slice) -> None:
+    """``out[rows, cols] = value * m + x * (1 - m)``; where m is 0 the image stays bit for bit.
+
+    ``x`` is the image's strip in 0..1 (:func:`_unit`). ``torch.lerp`` is exact at both ends
+    for finite values: weight 0 gives ``x``, weight 1 gives ``value``; ``torch.where`` keeps
+    the background even when ``value`` is not finite. A uint8 ``out`` takes the result times
+    255, rounded; ``round(v / 255 * 255) == v`` for every uint8 ``v``, so where m is 0 it is
+    the image's own value.
     """
     if mask is not None:
-        x, m = image[..., rows, cols], mask[..., rows, cols]
-        value = torch.where(m > 0, torch.lerp(x, value, m), x)
+        m = mask[..., rows, cols]
+        value = torch.where(m > 0, torch.lerp(x, value, _unit(m)), x)
+    if out.dtype == torch.uint8:
+        value = value.mul_(255.0).round_().clamp_(0, 255)  # value is a fresh strip here, never x
     out[..., rows, cols] = value
 
 
+def _check_apply(image: Tensor, mask: Tensor | None) -> None:
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != image.shape[-2:]):
+        raise ValueError(f"mask must be (B, 1, H, W) of the image's size, got {tuple(mask.shape)}")
+
+
 def apply_color_transform(
-    image: Tensor, coeffs: Tensor, mask: Tensor | None = None, max_strip_elems: int = 1 << 22
+    image: Tensor, coeffs: Tensor, mask: Tensor | None = None, max_strip_elems: int = 1 << 20
 ) -> Tensor:
     """Apply per-pixel affine colour coefficients, upsampled bilinearly, at full resolution.
 
@@ -182,11 +221,15 @@ def apply_color_transform(
     itself. With a ``mask`` the result is blended, ``out * m + image * (1 - m)``, and only
     the rows and columns holding the foreground are computed.
 
+    ``image`` is floating point in 0..1, or uint8 in 0..255: a uint8 image is converted to
+    float32 one strip at a time and the result comes back as uint8 (rounded), never as a
+    whole-image float copy. ``mask`` is floating point in 0..1 or uint8 in 0..255. Where the
+    mask is 0 the image comes back bit for bit.
+
     Shape:
-        image: (B, 3, H, W); coeffs: (B, 12, h, w); mask: (B, 1, H, W) -> (B, 3, H, W)
+        image: (B, 3, H, W); coeffs: (B, 12, h, w); mask: (B, 1, H, W) -> (B, 3, H, W), image's dtype
     """
-    if image.dim() != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    _check_apply(image, mask)
     if coeffs.dim() != 4 or coeffs.shape[1] != 12 or coeffs.shape[0] != image.shape[0]:
         raise ValueError(f"coeffs must be (B, 12, h, w) with B = {image.shape[0]}, got {tuple(coeffs.shape)}")
     size = (image.shape[-2], image.shape[-1])
@@ -194,28 +237,32 @@ def apply_color_transform(
     box = _mask_box(mask, size)
     if box is None:
         return out
-    coeffs = coeffs.to(image.dtype)
+    coeffs = coeffs.to(image.dtype if image.is_floating_point() else torch.float32)
     for rows, cols, strip in _strips(coeffs, size, box, max_strip_elems):
-        x = image[..., rows, cols]
+        x = _unit(image[..., rows, cols])
         t = strip.unflatten(1, (3, 4))  # (B, 3, 4, h, w)
         y = t[:, :, 3].addcmul_(t[:, :, 0], x[:, 0:1]).addcmul_(t[:, :, 1], x[:, 1:2]).addcmul_(t[:, :, 2], x[:, 2:3])
-        _blend_(out, y.clamp_(0, 1), image, mask, rows, cols)
+        _blend_(out, y.clamp_(0, 1), x, mask, rows, cols)
     return out
 
 
-def upsample_blend(image: Tensor, low: Tensor, mask: Tensor | None = None, max_strip_elems: int = 1 << 22) -> Tensor:
+def upsample_blend(image: Tensor, low: Tensor, mask: Tensor | None = None, max_strip_elems: int = 1 << 20) -> Tensor:
     """The baseline: bilinear upsampling of a low-resolution result, blended with the mask.
 
+    ``image`` and ``mask`` as in :func:`apply_color_transform` (uint8 in, uint8 out).
+
     Shape:
-        image: (B, 3, H, W); low: (B, 3, h, w); mask: (B, 1, H, W) -> (B, 3, H, W)
+        image: (B, 3, H, W); low: (B, 3, h, w); mask: (B, 1, H, W) -> (B, 3, H, W), image's dtype
     """
+    _check_apply(image, mask)
     size = (image.shape[-2], image.shape[-1])
     out = image.clone()
     box = _mask_box(mask, size)
     if box is None:
         return out
-    for rows, cols, strip in _strips(low.to(image.dtype), size, box, max_strip_elems):
-        _blend_(out, strip.clamp_(0, 1), image, mask, rows, cols)
+    low = low.to(image.dtype if image.is_floating_point() else torch.float32)
+    for rows, cols, strip in _strips(low, size, box, max_strip_elems):
+        _blend_(out, strip.clamp_(0, 1), _unit(image[..., rows, cols]), mask, rows, cols)
     return out
 
 

@@ -59,7 +59,7 @@ from ..data.transforms import resize_image
 from ..errors import InvalidInputError, NonFiniteError, UsageError
 from ..utils.checks import check_image_mask
 from ..utils.device import inference_autocast, resolve_device
-from .color_transform import apply_color_transform, fit_color_transform, upsample_blend
+from .color_transform import _unit, apply_color_transform, fit_color_transform, upsample_blend
 from .convert import mask_from_any, to_uint8_hwc
 
 __all__ = [
@@ -94,15 +94,28 @@ def clean_mask(mask: Tensor) -> Tensor:
     """Clamp a mask to 0..1 and snap values within :data:`MASK_SNAP` of 0 or 1 to 0 or 1.
 
     Soft edges stay soft; the faint ringing a JPEG mask has around its edges and over its
-    background does not leak the harmonized colours into the background.
+    background does not leak the harmonized colours into the background. A uint8 mask
+    (0..255) comes back as uint8, snapped the same way: ``clean_mask(m).float() / 255 ==
+    clean_mask(m.float() / 255)``.
     """
+    if mask.dtype == torch.uint8:
+        lo, hi = _uint8_snap()
+        return mask.masked_fill(mask < lo, 0).masked_fill_(mask > hi, 255)
     m = mask.clamp(0, 1)
     return torch.where(m < MASK_SNAP, 0.0, torch.where(m > 1 - MASK_SNAP, 1.0, m))
 
 
+@lru_cache(maxsize=1)
+def _uint8_snap() -> tuple[int, int]:
+    """:func:`clean_mask`'s thresholds on the 0..255 scale: the lowest value kept, the highest not set to 255."""
+    c = clean_mask(torch.arange(256, dtype=torch.float32) / 255.0)  # the float rule, on every uint8 value
+    return int(torch.nonzero(c > 0)[0]), int(torch.nonzero(c < 1)[-1])
+
+
 def mask_is_empty(mask: Tensor) -> bool:
-    """True when a mask has no foreground (after :func:`clean_mask`)."""
-    return bool((mask >= MASK_SNAP).logical_not().all())
+    """True when a mask (float in 0..1, or uint8 in 0..255) has no foreground (after :func:`clean_mask`)."""
+    snap = _uint8_snap()[0] if mask.dtype == torch.uint8 else MASK_SNAP
+    return not bool((mask >= snap).any())
 
 
 @lru_cache(maxsize=8)
@@ -120,8 +133,8 @@ def _model_size(model: nn.Module) -> int:
 class _Prepared:
     """One image on its way through the network."""
 
-    image: Tensor  # (1, 3, H, W) on the device
-    mask: Tensor  # (1, 1, H, W) soft, on the device
+    image: Tensor  # (1, 3, H, W) on the device: float32 in 0..1, or uint8 in 0..255
+    mask: Tensor  # (1, 1, H, W) soft, on the device: float32 in 0..1, or uint8 in 0..255
     net_image: Tensor  # (1, 3, h, w) what the network sees
     net_mask: Tensor  # (1, 1, h, w) binary
     direct: bool  # the network runs at full resolution
@@ -208,14 +221,15 @@ class Harmonizer:
         return max(1, round(height * s)), max(1, round(width * s))
 
     def _prepare(self, image: Tensor, mask: Tensor) -> _Prepared:
-        image = image.to(self.device, torch.float32)
-        mask = clean_mask(mask.to(self.device, torch.float32))
+        """uint8 images and masks stay uint8 (the network's copy is made strip by strip); others become float32."""
+        image = image.to(self.device, None if image.dtype == torch.uint8 else torch.float32)
+        mask = clean_mask(mask.to(self.device, None if mask.dtype == torch.uint8 else torch.float32))
         h, w = image.shape[-2:]
         nh, nw = self.network_size(h, w)
         direct = (nh, nw) == (h, w)
         peak = float(mask.max())
         if direct:
-            net_image, soft = image, mask
+            net_image, soft = _unit(image), _unit(mask)
         else:
             net_image, soft = resize_image(image, (nh, nw)), resize_image(mask, (nh, nw)).clamp(0, 1)
         # Binarise at 0.5, or at half the peak for a foreground too faint or small to reach it.
@@ -236,12 +250,17 @@ class Harmonizer:
 
     @torch.no_grad()
     def _carry_back(self, p: _Prepared, pred: Tensor) -> Tensor:
-        if p.direct:
-            soft_edge = (p.mask > 0) & (p.net_mask == 0)
+        """The full-resolution result, of the prepared image's dtype (uint8: rounded, background bit for bit)."""
+        if p.direct:  # at most MAX_NETWORK_SIZE squared: computed in float
+            image, mask = p.net_image, _unit(p.mask)
+            soft_edge = (mask > 0) & (p.net_mask == 0)
             if bool(soft_edge.any()):  # soft-mask pixels below the threshold: the fitted transform
                 coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
-                pred = torch.where(soft_edge, apply_color_transform(p.image, coeffs), pred)
-            return torch.where(p.mask > 0, pred * p.mask + p.image * (1 - p.mask), p.image)
+                pred = torch.where(soft_edge, apply_color_transform(image, coeffs), pred)
+            out = torch.where(mask > 0, pred * mask + image * (1 - mask), image)
+            if p.image.dtype == torch.uint8:
+                out = torch.where(mask > 0, out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8), p.image)
+            return out
         if self.method == "upsample":
             return upsample_blend(p.image, pred, p.mask)
         coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
@@ -253,13 +272,17 @@ class Harmonizer:
         """Harmonize images of any sizes; the network runs on up to ``batch_size`` at once.
 
         Args:
-            images: (3, H, W) floating-point tensors in 0..1, each its own size.
-            masks: (1, H, W) or (H, W) masks in 0..1 of the same sizes (soft edges kept).
+            images: (3, H, W) tensors, each its own size: floating point in 0..1, or uint8
+                in 0..255. A uint8 image is never converted whole to float: the network's
+                copy and the full-resolution result are made a strip of rows at a time, so
+                a 12-megapixel photo needs about its own size again in memory.
+            masks: (1, H, W) or (H, W) masks of the same sizes (soft edges kept): floating
+                point in 0..1, uint8 in 0..255 (or 0/1), bool.
 
         Returns:
-            (3, H, W) tensors on the images' devices, of the images' dtypes; where a mask is
-            0 the image comes back bit for bit. An empty mask gives back its image (a copy)
-            and a warning.
+            (3, H, W) tensors on the images' devices, of the images' dtypes (uint8 in, uint8
+            out: the float result rounded); where a mask is 0 the image comes back bit for
+            bit. An empty mask gives back its image (a copy) and a warning.
 
         Raises:
             InvalidInputError: an image or mask with NaN or infinite values, or values outside
@@ -292,7 +315,7 @@ class Harmonizer:
         for img, p, pred in zip(images, prepared, preds):
             out = p.image.clone() if pred is None else self._carry_back(p, pred)
             out = out[0].to(img.device, img.dtype)
-            if img.dtype != torch.float32:  # computed in float32: restore the background exactly
+            if img.is_floating_point() and img.dtype != torch.float32:  # computed in float32: restore the background
                 out = torch.where(p.mask[0].to(img.device) == 0, img, out)
             results.append(out)
         return results
@@ -318,17 +341,25 @@ class Harmonizer:
 
 
 def _check_pair(image: Tensor, mask: Tensor, index: int = 0) -> tuple[Tensor, Tensor]:
-    """Check one (3, H, W) image and its (H, W) or (1, H, W) mask; the mask comes back as float (1, H, W).
+    """Check one (3, H, W) image and its (H, W) or (1, H, W) mask; the mask comes back as (1, H, W),
+    uint8 in 0..255 (a 0/1 uint8 mask scaled) or float.
 
-    Values are checked too: finite, and in 0..1 (never rescaled on a guess).
+    Values are checked too: a float image or mask finite, and in 0..1 (never rescaled on a
+    guess); uint8 needs no check.
     """
     if isinstance(mask, Tensor) and mask.dim() == 2:
         mask = mask[None]
-    if isinstance(mask, Tensor) and not mask.is_floating_point():
-        mask = mask.float() / (255.0 if mask.dtype == torch.uint8 and int(mask.max()) > 1 else 1.0)
-    check_image_mask(image, mask, name=f"image {index}", batched=False)
-    check_unit_range(image, f"image {index}")
-    check_unit_range(mask, f"mask of image {index}")
+    if isinstance(mask, Tensor) and mask.dtype == torch.uint8:
+        mask = mask * 255 if int(mask.max()) == 1 else mask  # a 0/1 mask
+    elif isinstance(mask, Tensor) and not mask.is_floating_point():
+        mask = mask.float()
+    check_image_mask(image, mask, name=f"image {index}", batched=False, floating=False)
+    if not image.is_floating_point() and image.dtype != torch.uint8:
+        raise InvalidInputError(f"image {index} must be floating point in 0..1 or uint8 in 0..255, got {image.dtype}")
+    if image.is_floating_point():
+        check_unit_range(image, f"image {index}")
+    if mask.is_floating_point():
+        check_unit_range(mask, f"mask of image {index}")
     return image, mask
 
 
@@ -387,10 +418,7 @@ def harmonize(
             return h(x, m)
         if x.dtype != torch.uint8:
             raise InvalidInputError(f"image tensor must be floating point in 0..1 or uint8 in 0..255, got {x.dtype}")
-        out = h(x.float() / 255.0, m)
-        out = out.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-        bg = clean_mask(m.to(x.device)) == 0  # (1, H, W) or (B, 1, H, W): broadcast over the channels
-        return torch.where(bg, x, out)
+        return h(x, m)  # uint8 all the way: the float result rounded, the background bit for bit
     if isinstance(image, Image.Image):
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
         out = h(image_to_tensor(image), m)
