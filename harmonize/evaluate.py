@@ -92,7 +92,7 @@ def evaluate_models(
     num_workers: int = 0,
     ssim: bool = False,
     indices: Sequence[int] | None = None,
-    amp: bool = True,
+    amp: bool | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Score several models in one pass over the data (each batch is read once).
 
@@ -107,8 +107,9 @@ def evaluate_models(
         num_workers: DataLoader workers reading and resizing images.
         ssim: also compute SSIM.
         indices: score only these items of ``dataset``.
-        amp: run the models in bfloat16 autocast on a CUDA GPU that supports it (outputs
-            cast to float32 and clamped); no effect on the CPU, which stays in float32.
+        amp: bfloat16 autocast (outputs cast to float32 and clamped): None on a CUDA GPU that
+            has it, not on the CPU (float32, bit for bit); True on the CPU too (scores change
+            slightly); False never.
 
     Returns:
         ``({name: summary}, {name: records})``, summary as
@@ -159,7 +160,7 @@ def evaluate(
     num_workers: int = 0,
     ssim: bool = False,
     indices: Sequence[int] | None = None,
-    amp: bool = True,
+    amp: bool | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score one model: ``(summary, records)``; see :func:`evaluate_models` for the arguments.
 

@@ -68,6 +68,20 @@ def test_run_writes_a_harmonized_image(tmp_path, capsys) -> None:
     assert not list(out.parent.glob(".*.part")), "no temporary file left"
 
 
+def test_amp_runs_bfloat16_on_the_cpu_within_one_level(tmp_path, capsys) -> None:
+    ip, mp = _write(tmp_path, h=96, w=128)
+    outs = {}
+    for flag in ((), ("--amp",)):
+        out = tmp_path / f"out{len(flag)}.png"
+        rc, _, err = _run(capsys, str(ip), str(mp), "-o", str(out), "--model", "gknet", *flag)
+        assert rc == 0, err
+        outs[flag] = np.asarray(Image.open(out)).astype(int)
+    diff = np.abs(outs[("--amp",)] - outs[()])
+    m = np.asarray(Image.open(mp))
+    assert diff.max() <= 1 and diff.any(), diff.max()  # bfloat16 ran; 8-bit outputs a level apart at most
+    assert not diff[m == 0].any()
+
+
 @pytest.mark.parametrize("ext", ["jpg", "png", "webp", "tif"])
 def test_formats_in_and_out(tmp_path, capsys, ext: str) -> None:
     ip, mp = _write(tmp_path, name=f"comp.{ext}")

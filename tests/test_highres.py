@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +185,22 @@ def test_real_models_at_any_size() -> None:
     assert out.shape == image.shape and torch.isfinite(out).all() and torch.equal(out[bg], image[bg])
     out = harmonize.harmonize(image, mask, model="reinhard")
     assert not torch.equal(out, image) and torch.equal(out[bg], image[bg])
+
+
+def test_bfloat16_on_the_cpu_is_within_one_level_of_float32() -> None:
+    # Harmonizer(amp=True) runs the shipped GKNet in bfloat16 autocast on the CPU; the default
+    # stays float32 there. A real bundled composite at the network's size.
+    samples = Path(harmonize.__file__).parent / "assets" / "samples"
+    comp = sorted((samples / "composite_images").glob("*.jpg"))[0]
+    name, k, _ = comp.stem.rsplit("_", 2)
+    image = resize_image(load_image(comp), (256, 256)).clamp(0, 1)
+    mask = (resize_image(load_mask(samples / "masks" / f"{name}_{k}.png"), (256, 256)) >= 0.5).float()
+    exact = Harmonizer("gknet", device="cpu")(image, mask)
+    fast = Harmonizer("gknet", device="cpu", amp=True)(image, mask)
+    diff = (fast - exact).abs()
+    assert 0 < float(diff.max()) <= 1 / 255, float(diff.max()) * 255  # bf16 ran, and it is within 1/255
+    bg = (mask == 0).expand_as(image)
+    assert torch.equal(fast[bg], image[bg])
 
 
 def test_model_names_are_loaded_once_and_need_weights() -> None:

@@ -14,10 +14,13 @@ RESIZE_MODES = ("square", "keep")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--checkpoint`` and ``--device``, as every command that harmonizes takes them."""
+    """``--model``, ``--checkpoint``, ``--device`` and ``--amp``, as every command that harmonizes takes them."""
     p.add_argument("--model", default="gknet", help="registered name, hf-hub:org/repo or local-dir:PATH (default: gknet)")
     p.add_argument("--checkpoint", metavar="FILE", help="safetensors weights for --model")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--amp", action="store_const", const=True, default=None,
+                   help="run the network in bfloat16 on the CPU too: about 2x faster, within 1/255 of float32 "
+                        "(default: bfloat16 on a CUDA GPU only)")
 
 
 def passive_threads() -> None:

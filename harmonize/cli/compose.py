@@ -108,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
         size=args.size,
         method=args.method,
         resize=args.resize,
+        amp=args.amp,
     )
     _logger.info("%r", harmonizer)
     start = time.perf_counter()

@@ -153,6 +153,7 @@ def main(args: argparse.Namespace) -> int:
         method=args.method,
         resize=args.resize,
         batch_size=batch_size,
+        amp=args.amp,
     )
     _logger.info("%r", harmonizer)
 

@@ -62,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
         clip, masks, out, model=args.model, window=args.window, device=args.device, size=args.size,
         resize=args.resize, checkpoint=args.checkpoint, codec=args.codec, crf=args.crf,
         mask_threshold=None if args.soft_masks else 0.5, audio=not args.no_audio, progress=not args.quiet,
+        amp=args.amp,
     )
     if not args.quiet:
         audio = f", {res.audio_streams} audio stream(s) copied" if res.audio_streams else ""

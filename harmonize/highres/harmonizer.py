@@ -159,8 +159,9 @@ class Harmonizer:
         eps: regularisation of the local fit towards the global one.
         batch_size: images per network call in :meth:`harmonize_many`.
         checkpoint: weights file for a model given by name.
-        amp: run the network in bfloat16 autocast on a CUDA GPU that supports it (its output
-            is cast to float32 and clamped); no effect on the CPU, which stays in float32.
+        amp: bfloat16 autocast for the network (its output cast to float32 and clamped): None
+            on a CUDA GPU that has it, not on the CPU (float32 there, bit for bit); True on the
+            CPU too (about 2x faster, within 1/255 of float32); False never.
 
     Example:
         >>> h = Harmonizer("reinhard")
@@ -178,7 +179,7 @@ class Harmonizer:
         eps: float = 1e-3,
         batch_size: int = 1,
         checkpoint: str | os.PathLike | None = None,
-        amp: bool = True,
+        amp: bool | None = None,
     ) -> None:
         if method not in METHODS:
             raise UsageError(f"method must be one of {METHODS}, got {method!r}")
@@ -200,7 +201,7 @@ class Harmonizer:
         self.size = int(size) if size is not None else _model_size(self.model)
         self.method, self.resize = method, resize
         self.radius, self.eps, self.batch_size = radius, eps, batch_size
-        self.amp = bool(amp)
+        self.amp = amp
 
     def __repr__(self) -> str:
         name = getattr(self.model, "architecture", type(self.model).__name__)

@@ -135,12 +135,14 @@ class MaskSource:
                 yield self._binarise(m.float() / 255.0)
 
 
-def _harmonizer(model: Any, device: Any, size: int | None, resize: str, radius: int, eps: float, checkpoint: Any) -> Harmonizer:
+def _harmonizer(model: Any, device: Any, size: int | None, resize: str, radius: int, eps: float, checkpoint: Any,
+                amp: bool | None = None) -> Harmonizer:
     if isinstance(model, Harmonizer):
         return model
     if not isinstance(model, (str, nn.Module)):
         raise TypeError(f"model must be a name, an nn.Module or a Harmonizer, got {type(model).__name__}")
-    return Harmonizer(model, device=device, size=size, method="affine", resize=resize, radius=radius, eps=eps, checkpoint=checkpoint)
+    return Harmonizer(model, device=device, size=size, method="affine", resize=resize, radius=radius, eps=eps,
+                      checkpoint=checkpoint, amp=amp)
 
 
 @torch.no_grad()
@@ -182,6 +184,7 @@ def harmonize_video(
     mask_threshold: float | None = 0.5,
     audio: bool = True,
     progress: bool = True,
+    amp: bool | None = None,
 ) -> VideoResult:
     """Harmonize every frame of a clip, the colour change smoothed over ``window`` frames.
 
@@ -209,6 +212,8 @@ def harmonize_video(
         mask_threshold: masks are binarised at this value (None keeps soft edges).
         audio: copy the clip's audio streams (unchanged) into the output.
         progress: show a progress bar on stderr.
+        amp: bfloat16 autocast for the network (:class:`~harmonize.highres.Harmonizer`'s
+            ``amp``: None on CUDA only, True on the CPU too).
 
     Returns:
         A :class:`VideoResult` (path, frames, size, rate, codec, audio streams, seconds).
@@ -232,7 +237,7 @@ def harmonize_video(
     mask_source = MaskSource(masks, info, mask_threshold)
     codec = codec or default_codec(out)
     pix_fmt, options = encoder_settings(codec, info.width, info.height, crf)
-    h = _harmonizer(model, device, size, resize, radius, eps, checkpoint)
+    h = _harmonizer(model, device, size, resize, radius, eps, checkpoint, amp)
 
     written = 0
     with open_video(clip) as src, atomic_write(out, suffix=out.suffix) as tmp:
