@@ -8,13 +8,9 @@ Images per second is read from each run's ``log.csv`` over the steps after the f
 ``--warmup`` ones; the mean loss over those steps is printed for both sides (equal within
 noise: the same data order and initialisation).
 
-A third side trains this checkout with ``compile: true`` (``torch.compile``; kernel
-modulation then runs as a plain sum the compiler fuses). Its first step compiles (minutes on
-two cores), so ``--warmup`` must cover it; the compile time is printed apart.
-
 Goal (issue "Fast from the first keystroke"): at least 1.5x 0.1's images per second.
 
-    python benchmarks/training.py [--reps 2] [--steps 40] [--warmup 10] [--no-compile]
+    python benchmarks/training.py [--reps 2] [--steps 40] [--warmup 10]
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ from pathlib import Path
 from _baseline import BASELINE, ROOT, cli_code, extract, load_average, run_python
 
 
-def _config(model: str, model_args: dict, data: str, steps: int, log_every: int, **extra) -> dict:
-    return {**extra,
+def _config(model: str, model_args: dict, data: str, steps: int, log_every: int) -> dict:
+    return {
         "model": model, "model_args": model_args, "data": data, "subsets": ["LabelMe"], "size": 256,
         "batch_size": 4, "steps": steps, "lr": 1e-4, "schedule": "constant", "warmup_steps": 0, "grad_clip": 1.0,
         "ema_decay": 0.998, "amp": "auto", "workers": 1, "synthetic": 0.7, "eval_split": "none",
@@ -46,7 +42,6 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "labelme-harmony"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--baseline", default=BASELINE)
-    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile side")
     args = p.parse_args()
     print(f"256x256, batch 4, {args.steps} steps (the first {args.warmup} untimed), {args.threads} threads, "
           f"{args.reps} rounds; load average before the run: {load_average()}")
@@ -57,8 +52,6 @@ def main() -> None:
             "0.1": (base, _config("gknet_small", {"kernel_norm": "softmax"}, args.data, args.steps, args.warmup)),
             "now": (ROOT, _config("gknet", {}, args.data, args.steps, args.warmup)),
         }
-        if not args.no_compile:
-            sides["now, compiled"] = (ROOT, _config("gknet", {}, args.data, args.steps, args.warmup, compile=True))
         speed: dict[str, list[float]] = {k: [] for k in sides}
         loss: dict[str, list[float]] = {k: [] for k in sides}
         first: dict[str, list[float]] = {k: [] for k in sides}

@@ -41,14 +41,14 @@ def _train_set(labelme, n=12, seed=0):
     return SyntheticCompositeDataset(base, transform=PairedRandomResizedCrop(SIZE, scale=(0.7, 1.0)), seed=seed)
 
 
-def _trainer(labelme, out, steps, loss_fn=None, ema=0.9, eval_loader=None, n=12, **options):
+def _trainer(labelme, out, steps, loss_fn=None, ema=0.9, eval_loader=None, n=12):
     torch.manual_seed(0)
     model = harmonize.create_model("test_gknet")
     ds = _train_set(labelme, n)
     loader = DataLoader(ds, batch_size=4, sampler=ResumableSampler(len(ds), seed=0), drop_last=True)
     cfg = TrainConfig(
         steps=steps, lr=2e-3, schedule="cosine", warmup_steps=2, grad_clip=1.0, ema_decay=ema,
-        amp="none", channels_last=False, ckpt_every=3, log_every=1, progress=False, **options,
+        amp="none", channels_last=False, ckpt_every=3, log_every=1, progress=False,
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return Trainer(model, loss_fn or ForegroundMSELoss(), opt, loader, cfg, out, eval_loader=eval_loader)
@@ -312,20 +312,3 @@ def test_validation_photos_are_held_out_of_training(labelme):
     with pytest.raises(harmonize.errors.ConfigError, match="families must be"):
         config.replace(families=["relight", "nope"])
 
-
-@pytest.mark.slow
-def test_compiled_training_steps_match_eager(labelme, tmp_path):
-    # torch.compile (RunConfig.compile) runs kernel modulation as a plain sum it fuses itself:
-    # the same losses as the eager trainer, step for step, within float32 reordering
-    losses = {}
-    for compiled in (False, True):
-        trainer = _trainer(labelme, tmp_path / str(compiled), steps=4, ema=0.0, compile=compiled)
-        batches = trainer._batches()
-        losses[compiled] = [trainer.train_step(next(batches)) for _ in range(4)]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
-
-
-def test_compile_is_a_run_option(tmp_path):
-    assert RunConfig.from_dict({"model": "test_gknet", "data": "x", "compile": True}).compile
-    with pytest.raises(harmonize.errors.ConfigError, match="compile"):
-        RunConfig.from_dict({"model": "test_gknet", "data": "x", "compile": "yes"})

@@ -32,8 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off")
     p.add_argument("--ema-decay", type=float, help="EMA of weights, 0 = off")
     p.add_argument("--amp", choices=_AMP_MODES)
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="compile the model with torch.compile: minutes first, then faster steps")
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--synthetic", type=float, help="fraction of samples whose composite is made on the fly")
     p.add_argument("--crop-scale", type=float, help="smallest area fraction of the random resized crop")

@@ -58,8 +58,6 @@ class RunConfig:
         ema_decay: EMA of the weights (0: off).
         amp: ``"auto"`` (bf16 on the CPU and on GPUs that have it, else fp16), ``"bf16"``, ``"fp16"``, ``"none"``.
         channels_last: train in channels-last memory format.
-        compile: compile the model with ``torch.compile`` (minutes of compiling first, then
-            faster steps: see ``benchmarks/training.py``).
         eval_every: steps between evaluations (0: only at the end).
         ckpt_every: steps between checkpoints.
         log_every: steps between rows of ``log.csv``.
@@ -94,7 +92,6 @@ class RunConfig:
     ema_decay: float = 0.0
     amp: str = "auto"
     channels_last: bool = True
-    compile: bool = False
     eval_every: int = 0
     ckpt_every: int = 500
     log_every: int = 20

@@ -235,8 +235,6 @@ class Trainer:
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if config.compile:
-            self.ddp_model = torch.compile(self.ddp_model)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler or torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
