@@ -9,10 +9,10 @@ same start-up. The default baseline is commit ``14ca5a0``: harmonize 0.1 as the 
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
@@ -34,18 +34,26 @@ def cli_code(args: list[str]) -> str:
     return f"import sys\nfrom harmonize.cli import main\ntry:\n    main({args!r})\nexcept SystemExit as e:\n    sys.exit(e.code)\n"
 
 
-def run_python(code: str, pythonpath: Path, cwd: Path, threads: int = 2, check: bool = True) -> tuple[float, float, str]:
-    """Run ``code`` in a fresh interpreter: (wall seconds, peak resident GB of that child, stdout)."""
-    env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": str(threads)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{code!r} under {pythonpath} failed:\n{p.stderr[-2000:]}")
-    # ru_maxrss of children is the largest of any child so far: exact for a child that sets a new peak
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
-    return wall, peak, p.stdout
+def run_python(code: str, pythonpath: Path, cwd: Path, threads: int | None = 2, check: bool = True) -> tuple[float, float, str]:
+    """Run ``code`` in a fresh interpreter: (wall seconds, peak resident GB of that process, stdout).
+
+    ``threads`` sets ``OMP_NUM_THREADS`` (None: as the caller's environment has it). The peak is
+    the child's own ``ru_maxrss`` (from ``os.wait4``).
+    """
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if check and os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{code!r} under {pythonpath} failed:\n{stderr[-2000:]}")
+    return wall, usage.ru_maxrss * 1024 / 1e9, stdout  # ru_maxrss is in kilobytes on Linux
 
 
 def load_average() -> str:

@@ -1,21 +1,21 @@
-"""A whole ``harmonize run`` on a 12-megapixel photo: this checkout against the code before the lean path.
+"""A whole ``harmonize run`` on a 12-megapixel photo: this checkout against harmonize 0.1.
 
 The HAdobe5k triplet ``a0002`` of ``../shared/data/iharmony4-sample`` (2832x4256), GKNet, the
 default settings, written as JPEG: each run is a fresh process (``python -m harmonize run ...
 --quiet``), the two sides interleaved in every round (their order alternating), so both see the
-same machine. The baseline is commit ``ef124fa`` (the last before the 12 MP work), extracted
-with ``git archive`` into a temporary folder and put first on ``PYTHONPATH``; the current side
-is this checkout. Both get the same environment (``OMP_WAIT_POLICY`` and ``OMP_NUM_THREADS``
-as the caller has them).
+same machine. The baseline is commit ``14ca5a0`` (harmonize 0.1 as issue #14 measured it; see
+``_baseline.py``; ``--baseline ef124fa`` is the code just before the 12 MP work), the current
+side this checkout. Both get the same environment (``OMP_WAIT_POLICY`` and
+``OMP_NUM_THREADS`` as the caller has them).
 
 For each side: the median wall time of ``--reps`` runs, the peak resident memory of each run
-(``ru_maxrss`` of that child from ``os.wait4``; the largest is printed) and the fMSE of its
+(``ru_maxrss`` of that child; the largest is printed) and the fMSE of its
 output file against the real photo (full resolution, 0..255 scale, the mask binarised at 0.5).
 
 Goals (issue #14, "12 megapixels"): at most 0.5x the baseline's wall time, under 1 GB
 (10^9 bytes) peak resident memory, the fMSE within 1% of the baseline's.
 
-    python benchmarks/run_12mp.py [--reps 3] [--baseline ef124fa]
+    python benchmarks/run_12mp.py [--reps 3] [--baseline 14ca5a0]
 """
 
 from __future__ import annotations
@@ -23,41 +23,22 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
-import time
-from io import BytesIO
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _baseline import BASELINE, ROOT, cli_code, extract, run_python
+
 DATA = ROOT.parent / "shared" / "data" / "iharmony4-sample" / "HAdobe5k"
 COMPOSITE, MASK, REAL = "composite_images/a0002_1_4.jpg", "masks/a0002_1.png", "real_images/a0002.jpg"
 GOAL_RATIO, GOAL_BYTES, GOAL_FMSE = 0.5, 10**9, 0.01
 
 
-def _extract(commit: str, dest: Path) -> None:
-    data = subprocess.run(["git", "archive", commit, "harmonize"], cwd=ROOT, capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
-
-
 def _run(pythonpath: Path, data: Path, out: Path, model: str, cwd: Path) -> tuple[float, int]:
     """Wall seconds and peak resident bytes of one fresh ``harmonize run``."""
-    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
-    cmd = [sys.executable, "-m", "harmonize", "run", str(data / COMPOSITE), str(data / MASK), "-o", str(out),
-           "--model", model, "--quiet", "--overwrite"]
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"harmonize run failed ({pythonpath}):\n{err.read().decode(errors='replace')}")
-    return wall, usage.ru_maxrss * 1024  # kilobytes on Linux
+    args = ["run", str(data / COMPOSITE), str(data / MASK), "-o", str(out), "--model", model, "--quiet", "--overwrite"]
+    wall, peak_gb, _ = run_python(cli_code(args), pythonpath, cwd, threads=None)
+    return wall, int(peak_gb * 1e9)
 
 
 def _fmse(path: Path, data: Path) -> float:
@@ -73,7 +54,7 @@ def _fmse(path: Path, data: Path) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--baseline", default="ef124fa", help="commit of the baseline (default: ef124fa)")
+    p.add_argument("--baseline", default=BASELINE, help=f"commit of the baseline (default: {BASELINE}, harmonize 0.1)")
     p.add_argument("--model", default="gknet")
     p.add_argument("--data", type=Path, default=DATA, help="the HAdobe5k folder of iharmony4-sample")
     args = p.parse_args()
@@ -85,7 +66,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sides["baseline"] = tmp / "baseline"
-        _extract(args.baseline, sides["baseline"])
+        extract(args.baseline, sides["baseline"])
         load = os.getloadavg()[0]
         for rep in range(args.reps):
             for side in (["now", "baseline"] if rep % 2 == 0 else ["baseline", "now"]):

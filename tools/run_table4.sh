@@ -7,7 +7,7 @@ set -u
 cd "$(dirname "$0")/.."
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=(baseline kpb_lre_scf kpb kpb_lre kpb_lre_scf_free kpb_lre_scf_free_wd)
+  names=(baseline kpb_lre_scf kpb kpb_lre kpb_lre_scf_free kpb_lre_scf_free_wd hdnet)
 fi
 export OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=8589934592 MALLOC_TOP_PAD_=536870912
 one() {

@@ -28,6 +28,7 @@ ROWS = {
     "kpb_lre_scf": "+ KPB + LRE + SCF (full, softmax kernels)",
     "kpb_lre_scf_free": "full, free kernels (`kernel_norm=\"none\"`)",
     "kpb_lre_scf_free_wd": "full, free kernels, weight decay 5e-4",
+    "hdnet": "HDNet (`hdnet`), the same budget",
 }
 
 
