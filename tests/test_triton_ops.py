@@ -105,18 +105,22 @@ def test_missing_triton_falls_back_with_one_warning(monkeypatch, caplog):
 # ----------------------------------------------------------------- autocast in inference
 
 
-def test_inference_autocast_does_nothing_on_the_cpu():
+def test_inference_autocast_on_the_cpu_only_when_asked():
     conv = torch.nn.Conv2d(3, 3, 1)
-    with inference_autocast(torch.device("cpu")):
-        out = conv(torch.rand(1, 3, 4, 4))
-        assert not torch.is_autocast_enabled("cpu")
-    assert out.dtype == torch.float32
+    for enabled in (None, False):
+        with inference_autocast(torch.device("cpu"), enabled):
+            out = conv(torch.rand(1, 3, 4, 4))
+            assert not torch.is_autocast_enabled("cpu")
+        assert out.dtype == torch.float32
+    with inference_autocast(torch.device("cpu"), True):
+        assert conv(torch.rand(1, 3, 4, 4)).dtype == torch.bfloat16
 
 
-def test_amp_option_leaves_cpu_results_bit_identical():
+def test_default_amp_leaves_cpu_results_bit_identical():
+    # amp=None (the default) is bfloat16 on CUDA only; amp=True asks for it on the CPU too
     model = harmonize.create_model("test_gknet").eval()
     image, mask = torch.rand(3, 40, 48), _box_mask(1, 40, 48, 8, 8, 30, 36)[0]
-    a = Harmonizer(model, device="cpu", amp=True)(image, mask)
+    a = Harmonizer(model, device="cpu")(image, mask)
     b = Harmonizer(model, device="cpu", amp=False)(image, mask)
     assert torch.equal(a, b) and a.dtype == torch.float32
 
@@ -142,14 +146,14 @@ class _Items(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def _score(model, device: str, amp: bool) -> dict:
+def _score(model, device: str, amp: bool | None) -> dict:
     summaries, _ = evaluate_models({"m": model}, _Items(), "issam", device=device, progress=False, amp=amp)
     return summaries["m"]["overall"]
 
 
-def test_evaluate_amp_option_leaves_cpu_scores_identical():
+def test_evaluate_default_amp_leaves_cpu_scores_identical():
     model = harmonize.create_model("test_hdnet")
-    assert _score(model, "cpu", True) == _score(model, "cpu", False)
+    assert _score(model, "cpu", None) == _score(model, "cpu", False)
 
 
 # ----------------------------------------------------------------- on a CUDA GPU
