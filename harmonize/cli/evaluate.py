@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="issam", choices=_PRESETS, help="measurement convention (default: issam)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (fullres: always 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--amp", action="store_const", const=True, default=None,
+                   help="score in bfloat16 on the CPU too: faster, the scores move in their last digits "
+                        "(default: bfloat16 on a CUDA GPU only)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="write per_image.csv and summary.json here")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="safetensors weights for the (single) MODEL")
@@ -126,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         num_workers=args.workers,
         ssim=args.ssim,
+        amp=args.amp,
         indices=indices,
     )
     for name, summ in summaries.items():
