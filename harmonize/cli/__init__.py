@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from ._options import passive_threads
+
+    passive_threads()  # before any command imports torch
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:

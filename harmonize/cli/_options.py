@@ -40,7 +40,7 @@ def passive_threads() -> None:
     barrier for a partner the kernel has preempted: the 256x256 GKNet forward took 1.4-5.4 s
     instead of 0.3-0.4 s, and a whole 12 MP ``harmonize run`` about twice as long. On an idle
     machine spinning is faster (the same forward: 145 ms spinning, 180-220 ms passive), so the
-    policy is left alone there.
+    policy is left alone there. Every command calls it before it imports torch.
     """
     if "torch" not in sys.modules and busy_cores():
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ._options import METHODS as _METHODS
 from ._options import RESIZE_MODES as _RESIZE_MODES
-from ._options import add_model_arguments, passive_threads
+from ._options import add_model_arguments
 
 _logger = logging.getLogger(__name__)
 
@@ -111,7 +111,6 @@ def _names(items: list, n: int = 3) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    passive_threads()
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.size is not None and not 16 <= args.size <= _MAX_SIZE:
