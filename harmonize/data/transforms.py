@@ -16,9 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_image", "PairedCompose", "PairedResize", "PairedRandomResizedCrop", "PairedRandomHorizontalFlip"]
+__all__ = ["unit_float", "resize_image", "PairedCompose", "PairedResize", "PairedRandomResizedCrop", "PairedRandomHorizontalFlip"]
 
 _IMAGE_KEYS = ("composite", "real")
+
+
+def unit_float(x: Tensor) -> Tensor:
+    """An image in 0..1: a floating-point tensor as it is, a uint8 one (0..255) as float32 divided by 255."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def resize_image(x: Tensor, size: tuple[int, int], mode: str = "bilinear", max_strip_elems: int = 1 << 22) -> Tensor:
@@ -33,7 +38,7 @@ def resize_image(x: Tensor, size: tuple[int, int], mode: str = "bilinear", max_s
     xb = x if batched else x[None]
     if x.dtype == torch.uint8:
         rows = max(1, max_strip_elems // max(1, xb[..., :1, :].numel()))
-        strips = [_interpolate(xb[..., t : t + rows, :].float().div_(255.0), (min(rows, x.shape[-2] - t), size[1]), mode)
+        strips = [_interpolate(unit_float(xb[..., t : t + rows, :]), (min(rows, x.shape[-2] - t), size[1]), mode)
                   for t in range(0, x.shape[-2], rows)]
         y = _interpolate(torch.cat(strips, dim=-2), size, mode)
     elif tuple(x.shape[-2:]) == tuple(size):

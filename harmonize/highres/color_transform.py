@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ..data.transforms import unit_float
+
 
 def _box_sum(x: Tensor, radius: int, dim: int) -> tuple[Tensor, Tensor]:
     """Sums over ``[i - r, i + r]`` along ``dim`` (clipped to the tensor), and how many terms each has."""
@@ -181,15 +183,10 @@ def _mask_box(mask: Tensor | None, size: tuple[int, int]) -> tuple[int, int, int
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _unit(x: Tensor) -> Tensor:
-    """A strip in 0..1: a float strip as it is, a uint8 one (0..255) converted to float32 and divided by 255."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
-
-
 def _blend_(out: Tensor, value: Tensor, x: Tensor, mask: Tensor | None, rows: slice, cols: slice) -> None:
     """``out[rows, cols] = value * m + x * (1 - m)``; where m is 0 the image stays bit for bit.
 
-    ``x`` is the image's strip in 0..1 (:func:`_unit`). ``torch.lerp`` is exact at both ends
+    ``x`` is the image's strip in 0..1 (:func:`~harmonize.data.transforms.unit_float`). ``torch.lerp`` is exact at both ends
     for finite values: weight 0 gives ``x``, weight 1 gives ``value``; ``torch.where`` keeps
     the background even when ``value`` is not finite. A uint8 ``out`` takes the result times
     255, rounded; ``round(v / 255 * 255) == v`` for every uint8 ``v``, so where m is 0 it is
@@ -197,7 +194,7 @@ def _blend_(out: Tensor, value: Tensor, x: Tensor, mask: Tensor | None, rows: sl
     """
     if mask is not None:
         m = mask[..., rows, cols]
-        value = torch.where(m > 0, torch.lerp(x, value, _unit(m)), x)
+        value = torch.where(m > 0, torch.lerp(x, value, unit_float(m)), x)
     if out.dtype == torch.uint8:
         value = value.mul_(255.0).round_().clamp_(0, 255)  # value is a fresh strip here, never x
     out[..., rows, cols] = value
@@ -239,7 +236,7 @@ def apply_color_transform(
         return out
     coeffs = coeffs.to(image.dtype if image.is_floating_point() else torch.float32)
     for rows, cols, strip in _strips(coeffs, size, box, max_strip_elems):
-        x = _unit(image[..., rows, cols])
+        x = unit_float(image[..., rows, cols])
         t = strip.unflatten(1, (3, 4))  # (B, 3, 4, h, w)
         y = t[:, :, 3].addcmul_(t[:, :, 0], x[:, 0:1]).addcmul_(t[:, :, 1], x[:, 1:2]).addcmul_(t[:, :, 2], x[:, 2:3])
         _blend_(out, y.clamp_(0, 1), x, mask, rows, cols)
@@ -262,7 +259,7 @@ def upsample_blend(image: Tensor, low: Tensor, mask: Tensor | None = None, max_s
         return out
     low = low.to(image.dtype if image.is_floating_point() else torch.float32)
     for rows, cols, strip in _strips(low, size, box, max_strip_elems):
-        _blend_(out, strip.clamp_(0, 1), _unit(image[..., rows, cols]), mask, rows, cols)
+        _blend_(out, strip.clamp_(0, 1), unit_float(image[..., rows, cols]), mask, rows, cols)
     return out
 
 

@@ -55,11 +55,11 @@ from torch import Tensor, nn
 
 from .._factory import load_model
 from ..data.io import check_unit_range, image_to_tensor
-from ..data.transforms import resize_image
+from ..data.transforms import resize_image, unit_float
 from ..errors import InvalidInputError, NonFiniteError, UsageError
 from ..utils.checks import check_image_mask
 from ..utils.device import inference_autocast, resolve_device
-from .color_transform import _unit, apply_color_transform, fit_color_transform, upsample_blend
+from .color_transform import apply_color_transform, fit_color_transform, upsample_blend
 from .convert import mask_from_any, to_uint8_hwc
 
 __all__ = [
@@ -230,7 +230,7 @@ class Harmonizer:
         direct = (nh, nw) == (h, w)
         peak = float(mask.max())
         if direct:
-            net_image, soft = _unit(image), _unit(mask)
+            net_image, soft = unit_float(image), unit_float(mask)
         else:
             net_image, soft = resize_image(image, (nh, nw)), resize_image(mask, (nh, nw)).clamp(0, 1)
         # Binarise at 0.5, or at half the peak for a foreground too faint or small to reach it.
@@ -253,7 +253,7 @@ class Harmonizer:
     def _carry_back(self, p: _Prepared, pred: Tensor) -> Tensor:
         """The full-resolution result, of the prepared image's dtype (uint8: rounded, background bit for bit)."""
         if p.direct:  # at most MAX_NETWORK_SIZE squared: computed in float
-            image, mask = p.net_image, _unit(p.mask)
+            image, mask = p.net_image, unit_float(p.mask)
             soft_edge = (mask > 0) & (p.net_mask == 0)
             if bool(soft_edge.any()):  # soft-mask pixels below the threshold: the fitted transform
                 coeffs = fit_color_transform(p.net_image, pred, p.net_mask, self.radius, self.eps)
