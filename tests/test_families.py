@@ -121,6 +121,30 @@ def test_family_synthesizer_draws_from_its_families(photos):
         FamilySynthesizer(["relight"], weights=[1.0, 2.0])
 
 
+def test_mild_composites_lie_between_the_real_photo_and_the_full_edit(photos):
+    (mask, real), (ref_mask, ref) = photos[0], photos[1]
+    full, mild = FamilySynthesizer(["global_edit"]), FamilySynthesizer(["global_edit"], mild=1.0)
+    ratios = []
+    for s in range(16):
+        edit = full(real, mask, ref, ref_mask, torch.Generator().manual_seed(s)) - real
+        scaled = mild(real, mask, ref, ref_mask, torch.Generator().manual_seed(s)) - real
+        t = (scaled * edit).sum() / (edit * edit).sum()  # the same edit, scaled by t
+        assert torch.allclose(scaled, t * edit, atol=1e-5)
+        ratios.append(float(t))
+        assert torch.equal(_bg(scaled, mask), torch.zeros_like(_bg(scaled, mask)))
+    assert min(ratios) >= 0 and max(ratios) < 1
+    assert min(ratios) < 0.3 and max(ratios) > 0.7  # from nearly untouched to nearly the full edit
+    some = FamilySynthesizer(["global_edit"], mild=0.5)
+    scaled = [
+        not torch.equal(some(real, mask, ref, ref_mask, torch.Generator().manual_seed(s)),
+                        full(real, mask, ref, ref_mask, torch.Generator().manual_seed(s)))
+        for s in range(40)
+    ]
+    assert 8 <= sum(scaled) <= 32
+    with pytest.raises(ValueError, match="mild"):
+        FamilySynthesizer(mild=1.5)
+
+
 def test_family_synthesizer_in_the_synthetic_dataset(train_set):
     ds = SyntheticCompositeDataset(train_set, FamilySynthesizer(), p_original=0.0, seed=3)
     a, b = ds[7], ds[7]

@@ -311,4 +311,9 @@ def test_validation_photos_are_held_out_of_training(labelme):
     assert isinstance(build_synthesizer(config.replace(families=["global_edit", "classic"])), FamilySynthesizer)
     with pytest.raises(harmonize.errors.ConfigError, match="families must be"):
         config.replace(families=["relight", "nope"])
+    assert build_synthesizer(config.replace(families=["global_edit"], mild=0.25)).mild == 0.25
+    with pytest.raises(harmonize.errors.ConfigError, match="mild needs families"):
+        config.replace(families=None, mild=0.25)
+    with pytest.raises(harmonize.errors.ConfigError, match="mild must be in"):
+        config.replace(families=["global_edit"], mild=2.0)
 

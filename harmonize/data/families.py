@@ -491,7 +491,10 @@ class FamilySynthesizer:
         families: names in :data:`FAMILIES`.
         weights: relative probability of each family (equal if ``None``).
         min_change: redraw (up to 4 times) when the foreground's mean absolute change is
-            below this, so composites are never nearly the real photo.
+            below this, so the drawn edit is never nearly nothing.
+        mild: fraction of composites whose change is then scaled down, ``real + t (comp -
+            real)`` with ``t`` uniform in [0, 1): composites from untouched to fully edited,
+            so a model also learns to leave a nearly fitting foreground nearly alone.
 
     Example:
         >>> synth = FamilySynthesizer(["global_edit", "relight"], weights=[2, 1])
@@ -503,8 +506,12 @@ class FamilySynthesizer:
         families: Sequence[str] = TRAIN_FAMILIES,
         weights: Sequence[float] | None = None,
         min_change: float = 0.02,
+        mild: float = 0.0,
     ) -> None:
         self.families = check_families(families)
+        if not 0.0 <= mild <= 1.0:
+            raise ValueError(f"mild must be in [0, 1], got {mild}")
+        self.mild = mild
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(families), dtype=torch.float)
         if self.weights.numel() != len(self.families) or (self.weights < 0).any() or self.weights.sum() <= 0:
             raise ValueError("weights must be one non-negative number per family, not all zero")
@@ -525,6 +532,9 @@ class FamilySynthesizer:
             comp = FAMILIES[name](real, mask, ref, ref_mask, generator)
             if not fg.any() or (comp - real).abs()[fg].mean() >= self.min_change:
                 break
+        if self.mild > 0 and float(torch.rand((), generator=generator)) < self.mild:
+            t = float(torch.rand((), generator=generator))
+            comp = real + t * (comp - real)
         return comp, name
 
     def __call__(self, real: Tensor, mask: Tensor, ref: Tensor, ref_mask: Tensor, generator: torch.Generator) -> Tensor:
