@@ -2,7 +2,7 @@
 
 Both sides run the same command in fresh processes, interleaved (``--reps`` rounds): this
 checkout and the baseline commit (harmonize 0.1 by default, see ``_baseline.py``), scoring
-the shipped GKNet weights under the iHarmony4 protocol (256x256). Images per second is the
+0.1's default GKNet weights (``gknet.labelme_long``, known to both sides) under the iHarmony4 protocol (256x256). Images per second is the
 number of images over the whole command's wall time (start-up and model loading included,
 as a user waits for them). The printed score tables of the two sides must be identical.
 
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--limit", type=int, default=200, help="images of the test list (200: all of LabelMe's)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "labelme-harmony"))
-    p.add_argument("--model", default="gknet")
+    p.add_argument("--model", default="gknet.labelme_long", help="the same weights on both sides: 0.1's default gknet")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--baseline", default=BASELINE)
     args = p.parse_args()

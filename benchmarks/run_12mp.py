@@ -55,7 +55,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--baseline", default=BASELINE, help=f"commit of the baseline (default: {BASELINE}, harmonize 0.1)")
-    p.add_argument("--model", default="gknet")
+    p.add_argument("--model", default="gknet.labelme_long", help="the same weights on both sides: 0.1's default gknet")
     p.add_argument("--data", type=Path, default=DATA, help="the HAdobe5k folder of iharmony4-sample")
     args = p.parse_args()
     if not all((args.data / f).is_file() for f in (COMPOSITE, MASK, REAL)):

@@ -3,8 +3,9 @@
     python tools/publish_weights.py runs/gknet_b/final harmonize/weights/gknet.labelme \
         --data ../shared/data/labelme-harmony --recipe "..." --hardware "..." --hours 2.1 --steps 3300
 
-Scores the weights on the test list (iHarmony4 protocol and the iSSAM convention), checks that
-float16 storage keeps the scores, and writes `config.json`, `model.safetensors` (float16) and the
+Scores the weights on the test list (iHarmony4 protocol and the iSSAM convention) and on the
+robustness list (the test photos under the held-out families, `RobustnessDataset`, seed 0), checks
+that float16 storage keeps the scores, and writes `config.json`, `model.safetensors` (float16) and the
 model card `README.md` with the data, recipe, hardware, hours and scores. The folder is what
 `harmonize.push_to_hub` would publish.
 """
@@ -17,14 +18,27 @@ import tempfile
 
 import harmonize
 from harmonize._registry import get_pretrained_cfg
-from harmonize.data import IHarmony4Dataset
+from harmonize.data import IHarmony4Dataset, RobustnessDataset
 from harmonize.evaluate import evaluate
+
+_TRAINED_ON = (
+    "LabelMe-Harmony train list (1402 photos, 256x256) with composites made on the fly "
+    "(Lab / RGB / histogram colour transfer and photographic retouch), 30% listed composites"
+)
 
 
 def score(model, data: str, preset: str) -> dict:
     ds = IHarmony4Dataset(data, ["LabelMe"], split="test")
     summary, _ = evaluate(model.eval(), ds, preset=preset, batch_size=8, progress=False)
     return summary
+
+
+def score_robustness(model, data: str) -> dict:
+    """fMSE on the robustness list, overall and by family (iHarmony4 protocol)."""
+    summary, _ = evaluate(model.eval(), RobustnessDataset(data, seed=0), preset="iharmony4", batch_size=8, progress=False)
+    out = {"all": summary["overall"]["fmse"]}
+    out.update({k.split("/", 1)[1]: v["fmse"] for k, v in summary["subsets"].items()})
+    return out
 
 
 def main() -> None:
@@ -38,6 +52,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--tag", default="labelme", help="pretrained tag the folder is for")
     p.add_argument("--name", help="the name the model card's command uses (default: ARCH.TAG)")
+    p.add_argument("--trained-on", default=_TRAINED_ON, help="the data and composites, for the model card")
     args = p.parse_args()
     model = harmonize.create_model(f"local-dir:{args.run_final}", pretrained=True).eval()
     arch = model.architecture
@@ -53,6 +68,8 @@ def main() -> None:
     if not drift < 0.01:
         raise SystemExit(f"float16 storage moves the fMSE by {drift:.2%}: not publishing")
     ov = half["overall"]
+    robust, robust_comp = score_robustness(half_model, args.data), score_robustness(harmonize.create_model("composite"), args.data)
+    print(json.dumps({"robustness": robust}, indent=2))
     model.pretrained_cfg = harmonize.PretrainedCfg(
         architecture=arch,
         tag=args.tag,
@@ -60,8 +77,7 @@ def main() -> None:
         license="apache-2.0",
         paper=known.paper if known else None,
         paper_url=known.paper_url if known else None,
-        trained_on="LabelMe-Harmony train list (1402 photos, 256x256) with composites made on the fly "
-        "(Lab / RGB / histogram colour transfer and photographic retouch), 30% listed composites",
+        trained_on=args.trained_on,
         recipe=args.recipe,
         hardware=f"{args.hardware}; {args.hours:.1f} h; {args.steps} steps",
         metrics={
@@ -77,9 +93,14 @@ def main() -> None:
             "iSSAM convention (bilinear, PSNR peak = target max): fMSE / MSE / PSNR": (
                 f"{full['issam']['fmse']:.2f} / {full['issam']['mse']:.2f} / {full['issam']['psnr']:.2f}"
             ),
+            f"robustness list fMSE ({len(robust) - 1} held-out families, iHarmony4 protocol), "
+            "and the ratio to the composite's": ", ".join(
+                f"{k} {v:.2f} ({v / robust_comp[k]:.2f}x)" for k, v in robust.items()
+            ),
         },
         notes=f"Measured with `harmonize evaluate {args.name or f'{arch}.{args.tag}'} "
-        "--data ../shared/data/labelme-harmony --preset iharmony4`. "
+        "--data ../shared/data/labelme-harmony --preset iharmony4` (add `--split robustness` "
+        "for the robustness list). "
         "Trained on a small dataset of outdoor photos: expect weaker results on other kinds of images.",
     )
     harmonize.save_pretrained(model, args.out, half=True)
