@@ -5,11 +5,11 @@
 Writes:
 
 - ``docs/images/before_after.png``: the four bundled LabelMe test samples
-  (``harmonize/assets/samples``), columns composite | GKNet (``gknet``) | real; shown at the
+  (``harmonize/assets/samples``), columns composite | GKNet (``gknet.labelme_long``) | real; shown at the
   top of README.md and docs/index.md.
 - ``docs/images/comparison_grid.jpg``: six LabelMe test composites, every 33rd of the sorted
-  test list from the 17th, the bundled four left out (none picked by hand), columns composite | GKNet (``gknet``) |
-  HDNet (``hdnet``) | real, each result with its fMSE against the real photo (0..255 scale,
+  test list from the 17th, the bundled four left out (none picked by hand), columns composite | GKNet (``gknet.labelme_long``) |
+  HDNet (``hdnet.labelme``) | real, each result with its fMSE against the real photo (0..255 scale,
   256x256, lower is better); shown in docs/comparison.md.
 
 Tiles are 192 pixels; the composite's foreground is outlined in yellow. Each file stays under
@@ -130,8 +130,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     args = ap.parse_args()
     torch.manual_seed(0)
-    gknet = Harmonizer("gknet", device="cpu")
-    hdnet = Harmonizer("hdnet", device="cpu")
+    # the weights the committed pictures show (the default tags when they were made)
+    gknet = Harmonizer("gknet.labelme_long", device="cpu")
+    hdnet = Harmonizer("hdnet.labelme", device="cpu")
     before_after(gknet, args.out / "before_after.png")
     comparison(gknet, hdnet, args.data, args.out / "comparison_grid.jpg")
 

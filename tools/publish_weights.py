@@ -73,7 +73,6 @@ def main() -> None:
     model.pretrained_cfg = harmonize.PretrainedCfg(
         architecture=arch,
         tag=args.tag,
-        model_args=dict(model.model_args),
         license="apache-2.0",
         paper=known.paper if known else None,
         paper_url=known.paper_url if known else None,

@@ -201,7 +201,9 @@ _GKNET_ARGS: dict[str, Any] = dict(
 # Weights trained here, shipped inside the package (the save_pretrained folder is what
 # push_to_hub publishes). Scores: the folders' model cards and docs/models/gknet.md.
 # `labelme` is the run under the budget HDNet was given (docs/comparison.md); `labelme_long`
-# is the same run trained 5,300 steps further at 256x256, the best GKNet weights we have.
+# is the same run trained 5,300 steps further at 256x256; `labelme_families` is
+# `labelme_long` fine-tuned 2,200 steps on the composite families, chosen on the
+# validation photos: the best GKNet weights we have.
 _COMMON = dict(
     paper=_PAPER,
     paper_url=_PAPER_URL,
@@ -212,6 +214,11 @@ _COMMON = dict(
 default_cfgs = generate_default_cfgs(
     {
         # The first tag of an architecture is its default.
+        "gknet.labelme_families": PretrainedCfg(
+            **_COMMON,
+            file="weights/gknet.labelme_families",
+            metrics={"LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)": "576.9 / 135.5 / 30.12"},
+        ),
         "gknet.labelme_long": PretrainedCfg(
             **_COMMON,
             file="weights/gknet.labelme_long",
