@@ -190,22 +190,24 @@ _PAPER_URL = "https://arxiv.org/abs/2312.06886"
 # push_to_hub publishes): `labelme` under the budget of gknet.labelme, `labelme_families` the
 # same run fine-tuned 2,200 steps on the composite families, chosen on the validation photos.
 # Scores: the folders' model cards, docs/models/hdnet.md and docs/comparison.md.
+_COMMON = dict(
+    paper=_PAPER,
+    paper_url=_PAPER_URL,
+    license="apache-2.0",
+    trained_on="LabelMe-Harmony train (1402 photos), composites made on the fly",
+)
+
 default_cfgs = generate_default_cfgs(
     {
+        # The first tag of an architecture is its default.
         "hdnet.labelme_families": PretrainedCfg(
+            **_COMMON,
             file="weights/hdnet.labelme_families",
-            paper=_PAPER,
-            paper_url=_PAPER_URL,
-            license="apache-2.0",
-            trained_on="LabelMe-Harmony train (1402 photos), composites made on the fly",
             metrics={"LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)": "732.6 / 175.9 / 28.49"},
         ),
         "hdnet.labelme": PretrainedCfg(
+            **_COMMON,
             file="weights/hdnet.labelme",
-            paper=_PAPER,
-            paper_url=_PAPER_URL,
-            license="apache-2.0",
-            trained_on="LabelMe-Harmony train (1402 photos), composites made on the fly",
             metrics={"LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)": "775.3 / 186.8 / 28.33"},
         ),
         "hdnet_large.untrained": PretrainedCfg(paper=_PAPER, paper_url=_PAPER_URL, license="apache-2.0"),
