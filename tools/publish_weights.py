@@ -19,7 +19,7 @@ import tempfile
 import harmonize
 from harmonize._registry import get_pretrained_cfg
 from harmonize.data import IHarmony4Dataset, RobustnessDataset
-from harmonize.evaluate import evaluate
+from harmonize.evaluate import evaluate, evaluate_models
 
 _TRAINED_ON = (
     "LabelMe-Harmony train list (1402 photos, 256x256) with composites made on the fly "
@@ -33,12 +33,13 @@ def score(model, data: str, preset: str) -> dict:
     return summary
 
 
-def score_robustness(model, data: str) -> dict:
-    """fMSE on the robustness list, overall and by family (iHarmony4 protocol)."""
-    summary, _ = evaluate(model.eval(), RobustnessDataset(data, seed=0), preset="iharmony4", batch_size=8, progress=False)
-    out = {"all": summary["overall"]["fmse"]}
-    out.update({k.split("/", 1)[1]: v["fmse"] for k, v in summary["subsets"].items()})
-    return out
+def score_robustness(models: dict, data: str) -> dict:
+    """{name: {"all"|family: fMSE}} on the robustness list (iHarmony4 protocol), one pass for all models."""
+    summaries, _ = evaluate_models(models, RobustnessDataset(data, seed=0), preset="iharmony4", progress=False)
+    return {
+        name: {"all": s["overall"]["fmse"], **{k.split("/", 1)[1]: v["fmse"] for k, v in s["subsets"].items()}}
+        for name, s in summaries.items()
+    }
 
 
 def main() -> None:
@@ -68,7 +69,8 @@ def main() -> None:
     if not drift < 0.01:
         raise SystemExit(f"float16 storage moves the fMSE by {drift:.2%}: not publishing")
     ov = half["overall"]
-    robust, robust_comp = score_robustness(half_model, args.data), score_robustness(harmonize.create_model("composite"), args.data)
+    rob = score_robustness({"model": half_model, "composite": harmonize.create_model("composite")}, args.data)
+    robust, robust_comp = rob["model"], rob["composite"]
     print(json.dumps({"robustness": robust}, indent=2))
     model.pretrained_cfg = harmonize.PretrainedCfg(
         architecture=arch,
