@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ import harmonize
 from harmonize.cli import main as cli_main
 from harmonize.data import IHarmony4Dataset
 from harmonize.data.color import rgb_to_lab
-from harmonize.evaluate import evaluate, evaluate_models, format_table1, format_table2
+from harmonize.evaluate import default_batch_size, evaluate, evaluate_models, format_table1, format_table2
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LABELME = DATA / "labelme-harmony"
@@ -103,6 +105,32 @@ def test_evaluate_models_one_pass_and_tables() -> None:
     assert "LabelMe (n=6)" in t1 and "fMSE" in t1
     assert "0-5%" in t2 and "15-100%" in t2 and "0-100% (n=6)" in t2
     assert format_table1(summaries["composite"]).splitlines()[-1].startswith("composite")
+
+
+def test_default_batch_size_by_device() -> None:
+    assert default_batch_size(torch.device("cpu")) == 1
+    assert default_batch_size(torch.device("cuda", 0)) == 8
+
+
+@needs_labelme
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cpu_scoring_is_batch_and_layout_free_and_gives_the_model_back_as_it_was(layout: torch.memory_format) -> None:
+    """The CPU's default (one image per batch, channels-last) prints the scores a batch of 8
+    in the contiguous layout gives, to the last digit, and leaves the model's layout as it was."""
+    data = IHarmony4Dataset(LABELME, split="test")
+    model = harmonize.create_model("gknet", pretrained=True).to(memory_format=layout)
+    fast, fast_records = evaluate(model, data, "iharmony4", device="cpu", progress=False, indices=range(10))
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=layout)
+    assert conv.is_contiguous() == (layout == torch.contiguous_format)
+    ref_model = harmonize.create_model("gknet", pretrained=True)
+    with patch("harmonize.evaluate._channels_last", lambda models: contextlib.nullcontext()):
+        ref, ref_records = evaluate(ref_model, data, "iharmony4", batch_size=8, device="cpu", progress=False, indices=range(10))
+    assert format_table1({"gknet": fast}) == format_table1({"gknet": ref})
+    assert format_table2({"gknet": fast}) == format_table2({"gknet": ref})
+    assert [r["fmse"] for r in fast_records] == pytest.approx([r["fmse"] for r in ref_records], rel=1e-6)
+    mean = lambda key: sum(r[key] for r in fast_records) / len(fast_records)  # noqa: E731
+    assert mean("fmse") < 0.6 * mean("composite_fmse")  # the weights really ran
 
 
 # ----------------------------------------------------------------- command line

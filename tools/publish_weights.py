@@ -29,7 +29,7 @@ _TRAINED_ON = (
 
 def score(model, data: str, preset: str) -> dict:
     ds = IHarmony4Dataset(data, ["LabelMe"], split="test")
-    summary, _ = evaluate(model.eval(), ds, preset=preset, batch_size=8, progress=False)
+    summary, _ = evaluate(model.eval(), ds, preset=preset, progress=False)
     return summary
 
 

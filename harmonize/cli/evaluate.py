@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "for choosing checkpoints; 'robustness': the test photos recomposited by families training never sees",
     )
     p.add_argument("--preset", default="issam", choices=_PRESETS, help="measurement convention (default: issam)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (fullres: always 1)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (default: 1 on the CPU, 8 on a GPU; fullres: always 1)"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--amp", action="store_const", const=True, default=None,
                    help="score in bfloat16 on the CPU too: faster, the scores move in their last digits "
@@ -66,7 +68,7 @@ def _check_args(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UsageError("--checkpoint needs exactly one MODEL")
     if len(set(args.models)) != len(args.models):
         raise UsageError("a MODEL is given twice")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
