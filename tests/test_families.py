@@ -10,6 +10,7 @@ from harmonize.data import (
     FamilySynthesizer,
     IHarmony4Dataset,
     RobustnessDataset,
+    UNEDITED,
     SyntheticCompositeDataset,
     local_variation,
     split_train_val,
@@ -145,6 +146,25 @@ def test_mild_composites_lie_between_the_real_photo_and_the_full_edit(photos):
         FamilySynthesizer(mild=1.5)
 
 
+def test_identity_composites_are_the_real_photo_and_leave_the_other_draws_alone(photos):
+    (mask, real), (ref_mask, ref) = photos[0], photos[1]
+    plain, ident = FamilySynthesizer(["global_edit"]), FamilySynthesizer(["global_edit"], identity=0.3)
+    drawn = [ident.draw(real, mask, ref, ref_mask, torch.Generator().manual_seed(s)) for s in range(60)]
+    same = [name == "identity" for _, name in drawn]
+    assert 8 <= sum(same) <= 30  # about 30% of 60
+    for (comp, name), s in zip(drawn, range(60)):
+        if name == "identity":
+            assert torch.equal(comp, real) and comp is not real
+        else:
+            assert (comp - real).abs().max() > 0.02  # an edited foreground
+    # identity=0 draws exactly what the synthesizer drew before the option existed
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(plain(real, mask, ref, ref_mask, g1), FamilySynthesizer(["global_edit"], identity=0.0)(real, mask, ref, ref_mask, g2))
+    assert torch.equal(FamilySynthesizer(["global_edit"], identity=1.0)(real, mask, ref, ref_mask, g1), real)
+    with pytest.raises(ValueError, match="identity"):
+        FamilySynthesizer(identity=-0.1)
+
+
 def test_family_synthesizer_in_the_synthetic_dataset(train_set):
     ds = SyntheticCompositeDataset(train_set, FamilySynthesizer(), p_original=0.0, seed=3)
     a, b = ds[7], ds[7]
@@ -190,6 +210,36 @@ def test_robustness_list_is_identical_for_a_seed(robust, train_set):
         assert robust[i]["name"] == same[j]["name"]
         assert torch.equal(robust[i]["composite"], same[j]["composite"])  # a family's draw ignores the others
         assert not torch.equal(robust[i]["composite"], other[j]["composite"])
+
+
+def test_unedited_items_are_the_test_photos_themselves(robust, train_set):
+    unedited = RobustnessDataset(train_set.root, families=[UNEDITED, "relight"], seed=0)
+    assert len(unedited) == 400
+    for i in (0, 2, 398):
+        item = unedited[i]
+        assert item["family"] == UNEDITED and item["subset"] == f"LabelMe/{UNEDITED}"
+        assert torch.equal(item["composite"], item["real"]) and item["composite"] is not item["real"]
+        assert item["real"].shape[1:] == item["mask"].shape[1:] and item["mask"].sum() > 0
+    # the families beside it draw what they draw without it
+    assert torch.equal(unedited[1]["composite"], robust[robust.indices_of("relight")[0]]["composite"])
+    with pytest.raises(ValueError, match="families must be"):
+        RobustnessDataset(train_set.root, families=[UNEDITED, "nope"])
+    with pytest.raises(ValueError, match="families must be"):
+        RobustnessDataset(train_set.root, families=[])
+
+
+def test_cli_scores_what_a_model_changes_in_unedited_photos(train_set, capsys):
+    from harmonize.cli import main as cli_main
+
+    args = ["evaluate", "composite", "gknet", "--data", str(train_set.root), "--split", "unedited", "--limit", "4",
+            "--preset", "iharmony4", "--no-progress"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    table1 = out.split("\n\n")[0].splitlines()  # title, subset, column names, rule, a row per model
+    assert "LabelMe/unedited (n=4)" in table1[1] and table1[2].split("|")[1].split() == ["PSNR", "MSE", "fMSE"]
+    rows = {line.split("|")[0].strip(): line.split("|")[1].split() for line in table1[4:]}
+    composite_fmse, gknet_fmse = float(rows["composite"][2]), float(rows["gknet"][2])
+    assert composite_fmse == 0.0 and gknet_fmse > 1.0  # the composite is the real photo; a network changes it
 
 
 def test_validation_split_holds_out_whole_training_photos(train_set):

@@ -316,4 +316,9 @@ def test_validation_photos_are_held_out_of_training(labelme):
         config.replace(families=None, mild=0.25)
     with pytest.raises(harmonize.errors.ConfigError, match="mild must be in"):
         config.replace(families=["global_edit"], mild=2.0)
+    assert build_synthesizer(config.replace(families=["global_edit"], identity=0.1)).identity == 0.1
+    with pytest.raises(harmonize.errors.ConfigError, match="identity needs families"):
+        config.replace(families=None, identity=0.1)
+    with pytest.raises(harmonize.errors.ConfigError, match="identity must be in"):
+        config.replace(families=["global_edit"], identity=1.5)
 

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--split",
         default="test",
         help="list files SUBSET_{split}.txt to read (default: test); 'val': the training photos held out "
-        "for choosing checkpoints; 'robustness': the test photos recomposited by families training never sees",
+        "for choosing checkpoints; 'robustness': the test photos recomposited by families training never sees; "
+        "'unedited': the test photos unchanged (what a model alters in a foreground that fits)",
     )
     p.add_argument("--preset", default="issam", choices=_PRESETS, help="measurement convention (default: issam)")
     p.add_argument(
@@ -88,11 +89,12 @@ def _check_args(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, list[int] | None]:
     """The items ``--split`` names, and the indices to score (``--limit``)."""
-    from ..data import IHarmony4Dataset, RobustnessDataset, train_val_indices
+    from ..data import HELDOUT_FAMILIES, IHarmony4Dataset, RobustnessDataset, train_val_indices
     from ..evaluate import limit_indices
 
-    if args.split == "robustness":
-        dataset = RobustnessDataset(args.data, subsets=args.subsets)
+    if args.split in ("robustness", "unedited"):
+        families = ["unedited"] if args.split == "unedited" else HELDOUT_FAMILIES
+        dataset = RobustnessDataset(args.data, subsets=args.subsets, families=families)
         per_photo = len(dataset.families)
         indices = None if args.limit is None else list(range(min(len(dataset), args.limit * per_photo)))
         return dataset, indices

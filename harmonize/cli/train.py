@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=int, help="training photos held out for --eval-split val, default 100")
     p.add_argument("--families", nargs="+", metavar="F", help="composite families drawn on the fly (harmonize.data.FAMILIES; default: 0.1's synthesizer)")
     p.add_argument("--mild", type=float, help="with --families: fraction of composites scaled towards the real photo by a uniform factor, default 0")
+    p.add_argument("--identity", type=float, help="with --families: fraction of composites that are the real photo itself, default 0")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N images only (0 = all)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (0 = at the end)")
     p.add_argument("--ckpt-every", type=int, help="steps between checkpoints")

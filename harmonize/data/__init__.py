@@ -21,7 +21,7 @@ from .families import (
 )
 from .iharmony4 import OFFICIAL_SUBSETS, IHarmony4Dataset, Triplet, find_subsets, read_triplets
 from .io import ImageReadError, image_to_tensor, load_image, load_mask, mask_to_tensor
-from .robustness import RobustnessDataset
+from .robustness import UNEDITED, RobustnessDataset
 from .splits import VAL_SIZE, split_train_val, train_val_indices
 from .synthetic import SyntheticCompositeDataset
 from .transforms import (
@@ -55,6 +55,7 @@ __all__ = [
     "relight",
     "local_variation",
     "RobustnessDataset",
+    "UNEDITED",
     "VAL_SIZE",
     "split_train_val",
     "train_val_indices",

@@ -495,6 +495,8 @@ class FamilySynthesizer:
         mild: fraction of composites whose change is then scaled down, ``real + t (comp -
             real)`` with ``t`` uniform in [0, 1): composites from untouched to fully edited,
             so a model also learns to leave a nearly fitting foreground nearly alone.
+        identity: fraction of composites that are the real photo itself, unedited (family
+            name ``"identity"``): a model learns to leave a fitting foreground as it is.
 
     Example:
         >>> synth = FamilySynthesizer(["global_edit", "relight"], weights=[2, 1])
@@ -507,11 +509,13 @@ class FamilySynthesizer:
         weights: Sequence[float] | None = None,
         min_change: float = 0.02,
         mild: float = 0.0,
+        identity: float = 0.0,
     ) -> None:
         self.families = check_families(families)
-        if not 0.0 <= mild <= 1.0:
-            raise ValueError(f"mild must be in [0, 1], got {mild}")
-        self.mild = mild
+        for name, v in (("mild", mild), ("identity", identity)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        self.mild, self.identity = mild, identity
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(families), dtype=torch.float)
         if self.weights.numel() != len(self.families) or (self.weights < 0).any() or self.weights.sum() <= 0:
             raise ValueError("weights must be one non-negative number per family, not all zero")
@@ -522,9 +526,14 @@ class FamilySynthesizer:
     ) -> tuple[Tensor, str]:
         """``(composite, family name)``; ``ref``/``ref_mask`` are another photo's foreground.
 
+        Without ``mild`` and ``identity`` it draws from ``generator`` exactly as before they
+        existed, so the same seed gives the same composites.
+
         Shape:
             real, ref: (3, H, W), masks: (1, H, W) -> (3, H, W)
         """
+        if self.identity > 0 and float(torch.rand((), generator=generator)) < self.identity:
+            return real.clone(), "identity"
         fg = (mask >= 0.5).expand_as(real)
         comp, name = real, self.families[0]
         for _ in range(5):

@@ -18,6 +18,10 @@ training:
   space, which no training method does.
 
 A model trained with any held-out family no longer measures robustness on this list.
+
+One more name, :data:`UNEDITED` (``"unedited"``), gives each photo unchanged, its composite
+the real image itself: there is nothing to correct, and a model's fMSE there is what it
+changes in a foreground that already fits (``harmonize evaluate --split unedited``).
 Every composite is made on the fly from ``(seed, photo, family)`` alone: two datasets
 built with the same seed are identical, and nothing is stored.
 """
@@ -36,7 +40,10 @@ from torch.utils.data import Dataset
 from .families import HELDOUT_FAMILIES, FamilySynthesizer, check_families
 from .iharmony4 import IHarmony4Dataset, Triplet, find_subsets, read_triplets
 
-__all__ = ["RobustnessDataset"]
+__all__ = ["RobustnessDataset", "UNEDITED"]
+
+#: The pseudo-family of unchanged photos: composite = real.
+UNEDITED = "unedited"
 
 _logger = logging.getLogger(__name__)
 
@@ -57,7 +64,8 @@ class RobustnessDataset(Dataset):
     Args:
         root: iHarmony4-layout folder, as for :class:`~harmonize.data.IHarmony4Dataset`.
         subsets: subsets to read (``None``: every subset with a test list).
-        families: names in :data:`~harmonize.data.FAMILIES` (default: the held-out ones).
+        families: names in :data:`~harmonize.data.FAMILIES` (default: the held-out ones), or
+            :data:`UNEDITED`.
         seed: seed of every draw.
         split: the list whose photos are used.
         min_change: see :class:`~harmonize.data.FamilySynthesizer`.
@@ -83,7 +91,10 @@ class RobustnessDataset(Dataset):
         split: str = "test",
         min_change: float = 0.02,
     ) -> None:
-        self.families = check_families(families)
+        named = [f for f in families if f != UNEDITED]
+        if named or not families:
+            check_families(named)  # a clear error for an unknown name or an empty list
+        self.families = tuple(families)
         self.seed = seed
         self.base = IHarmony4Dataset(root, subsets, split=split, cache=True)
         train_lists = find_subsets(root, "train")
@@ -101,7 +112,7 @@ class RobustnessDataset(Dataset):
                 self.photos.append(i)
         if len(self.photos) < 2:
             raise ValueError(f"{root}: a robustness list needs at least 2 test photos, found {len(self.photos)}")
-        self.synthesizers = {f: FamilySynthesizer([f], min_change=min_change) for f in self.families}
+        self.synthesizers = {f: FamilySynthesizer([f], min_change=min_change) for f in named}
 
     def __len__(self) -> int:
         return len(self.photos) * len(self.families)
@@ -124,8 +135,10 @@ class RobustnessDataset(Dataset):
         p, family = divmod(index, len(self.families))
         family = self.families[family]
         t = self.triplet(index)
-        g = self._generator(t, family)
         _, mask, real = self.base.load(self.photos[p])
+        if family == UNEDITED:
+            return real.clone(), mask, real
+        g = self._generator(t, family)
         j = int(torch.randint(len(self.photos) - 1, (), generator=g))
         j = j + 1 if j >= p else j
         _, ref_mask, ref = self.base.load(self.photos[j])

@@ -100,7 +100,9 @@ def training_photos(config: RunConfig, transform: Any = None, cache: bool = True
 
 def build_synthesizer(config: RunConfig) -> CompositeSynthesizer | FamilySynthesizer:
     """harmonize 0.1's synthesizer, or the chosen composite families (:mod:`harmonize.data.families`)."""
-    return CompositeSynthesizer() if config.families is None else FamilySynthesizer(config.families, mild=config.mild)
+    return CompositeSynthesizer() if config.families is None else FamilySynthesizer(
+        config.families, mild=config.mild, identity=config.identity
+    )
 
 
 def build_train_loader(config: RunConfig, env: DistEnv = DistEnv()) -> DataLoader:

@@ -44,6 +44,8 @@ class RunConfig:
             :data:`harmonize.data.FAMILIES` drawn with equal weights (``"classic"`` is 0.1's).
         mild: with ``families``, the fraction of those composites scaled towards the real photo
             by a uniform factor (:class:`~harmonize.data.FamilySynthesizer`'s ``mild``).
+        identity: with ``families``, the fraction of those composites that are the real photo
+            itself (:class:`~harmonize.data.FamilySynthesizer`'s ``identity``).
         crop_scale: smallest area fraction of the random resized crop.
         workers: data loader processes.
         eval_split: what the run is scored on while it trains: ``"val"`` (default) holds
@@ -77,6 +79,7 @@ class RunConfig:
     synthetic: float = 0.7
     families: list[str] | None = None
     mild: float = 0.0
+    identity: float = 0.0
     crop_scale: float = 0.6
     workers: int = 2
     eval_split: str = "val"
@@ -118,7 +121,7 @@ class RunConfig:
         for name in ("workers", "eval_limit", "stop_at", "warmup_steps", "eval_every", "ckpt_every", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        for name, lo, hi in (("synthetic", 0, 1), ("mild", 0, 1), ("crop_scale", 0, 1), ("ema_decay", 0, 1), ("min_lr_ratio", 0, 1)):
+        for name, lo, hi in (("synthetic", 0, 1), ("mild", 0, 1), ("identity", 0, 1), ("crop_scale", 0, 1), ("ema_decay", 0, 1), ("min_lr_ratio", 0, 1)):
             v = getattr(self, name)
             if not lo <= v <= hi or (name == "crop_scale" and v == 0) or (name == "ema_decay" and v == 1):
                 raise ConfigError(f"{name} must be in {'(' if name == 'crop_scale' else '['}{lo}, {hi}"
@@ -143,6 +146,8 @@ class RunConfig:
                 raise ConfigError(f"families must be a non-empty list of {', '.join(FAMILIES)}, got {self.families}")
         elif self.mild:
             raise ConfigError("mild needs families (0.1's synthesizer has no mild composites)")
+        elif self.identity:
+            raise ConfigError("identity needs families (0.1's synthesizer always edits the foreground)")
         if self.eval_split == "val" and self.val_size < 1:
             raise ConfigError(f"val_size must be at least 1 with eval_split 'val', got {self.val_size}")
         if self.size < 16:
