@@ -4,7 +4,8 @@
         --data ../shared/data/labelme-harmony --recipe "..." --hardware "..." --hours 2.1 --steps 3300
 
 Scores the weights on the test list (iHarmony4 protocol and the iSSAM convention) and on the
-robustness list (the test photos under the held-out families, `RobustnessDataset`, seed 0), checks
+robustness list (the test photos under the held-out families, `RobustnessDataset`, seed 0) and on
+the unedited test photos (what the model changes where nothing needs changing), checks
 that float16 storage keeps the scores, and writes `config.json`, `model.safetensors` (float16) and the
 model card `README.md` with the data, recipe, hardware, hours and scores. The folder is what
 `harmonize.push_to_hub` would publish.
@@ -18,7 +19,7 @@ import tempfile
 
 import harmonize
 from harmonize._registry import get_pretrained_cfg
-from harmonize.data import IHarmony4Dataset, RobustnessDataset
+from harmonize.data import UNEDITED, IHarmony4Dataset, RobustnessDataset
 from harmonize.evaluate import evaluate, evaluate_models
 
 _TRAINED_ON = (
@@ -71,7 +72,8 @@ def main() -> None:
     ov = half["overall"]
     rob = score_robustness({"model": half_model, "composite": harmonize.create_model("composite")}, args.data)
     robust, robust_comp = rob["model"], rob["composite"]
-    print(json.dumps({"robustness": robust}, indent=2))
+    unedited = evaluate(half_model, RobustnessDataset(args.data, families=[UNEDITED]), preset="iharmony4", progress=False)[0]
+    print(json.dumps({"robustness": robust, "unedited": unedited["overall"]["fmse"]}, indent=2))
     model.pretrained_cfg = harmonize.PretrainedCfg(
         architecture=arch,
         tag=args.tag,
@@ -98,10 +100,13 @@ def main() -> None:
             "and the ratio to the composite's": ", ".join(
                 f"{k} {v:.2f} ({v / robust_comp[k]:.2f}x)" for k, v in robust.items()
             ),
+            "unedited test photos (the composite is the real photo): fMSE of what the model changes": round(
+                unedited["overall"]["fmse"], 2
+            ),
         },
         notes=f"Measured with `harmonize evaluate {args.name or f'{arch}.{args.tag}'} "
         "--data ../shared/data/labelme-harmony --preset iharmony4` (add `--split robustness` "
-        "for the robustness list). "
+        "for the robustness list, `--split unedited` for the unedited photos). "
         "Trained on a small dataset of outdoor photos: expect weaker results on other kinds of images.",
     )
     harmonize.save_pretrained(model, args.out, half=True)
