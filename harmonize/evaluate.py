@@ -19,10 +19,10 @@ Each composite, mask and real image is brought to the preset's size first
 output is measured against the prepared real image. With the ``fullres`` preset the model
 runs on the whole image, one image per batch.
 
-On the CPU the models run one image at a time in channels-last layout: on a 2-core CPU a batch
-of 8 at 256x256 costs about 1.4x as much per image as a batch of 1 (its activations leave the
-caches), and channels-last convolutions are about 1.2x faster, while float32 keeps the scores
-identical (``benchmarks/evaluate.py``). On a GPU batches of 8 pay.
+On the CPU the models run one image at a time in channels-last layout: on a 2-core CPU GKNet
+at 256x256 takes about 1.8x as long per image in a batch of 8 as in a batch of 1 (the
+activations leave the caches), and channels-last convolutions are about 1.2x faster, while
+float32 keeps the scores identical (``benchmarks/evaluate.py``). On a GPU batches of 8 pay.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def evaluate_models(
     bar = tqdm(total=len(data), unit="img", desc=f"evaluate ({p.name})", file=sys.stderr, disable=not progress)
     layout = _channels_last(models) if dev.type == "cpu" else contextlib.nullcontext()
     try:
-        with torch.inference_mode(), layout:
+        with layout, torch.inference_mode():  # layout first: parameters stay normal tensors, fit to train
             for batch in loader:
                 comp, mask, real = (batch[k].to(dev) for k in ("composite", "mask", "real"))
                 if dev.type == "cpu":

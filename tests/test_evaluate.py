@@ -131,6 +131,10 @@ def test_cpu_scoring_is_batch_and_layout_free_and_gives_the_model_back_as_it_was
     assert [r["fmse"] for r in fast_records] == pytest.approx([r["fmse"] for r in ref_records], rel=1e-6)
     mean = lambda key: sum(r[key] for r in fast_records) / len(fast_records)  # noqa: E731
     assert mean("fmse") < 0.6 * mean("composite_fmse")  # the weights really ran
+    model.train()  # its parameters are still normal tensors (not inference-mode ones): it trains
+    image, mask = data[0]["composite"][None, :, :64, :64], torch.ones(1, 1, 64, 64)
+    model(image, mask).mean().backward()
+    assert conv.grad is not None
 
 
 # ----------------------------------------------------------------- command line

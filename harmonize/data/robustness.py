@@ -18,12 +18,12 @@ training:
   space, which no training method does.
 
 A model trained with any held-out family no longer measures robustness on this list.
+Every composite is made on the fly from ``(seed, photo, family)`` alone: two datasets
+built with the same seed are identical, and nothing is stored.
 
 One more name, :data:`UNEDITED` (``"unedited"``), gives each photo unchanged, its composite
 the real image itself: there is nothing to correct, and a model's fMSE there is what it
 changes in a foreground that already fits (``harmonize evaluate --split unedited``).
-Every composite is made on the fly from ``(seed, photo, family)`` alone: two datasets
-built with the same seed are identical, and nothing is stored.
 """
 
 from __future__ import annotations
