@@ -27,6 +27,7 @@ float32 keeps the scores identical (``benchmarks/evaluate.py``). On a GPU batche
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,7 +35,6 @@ import logging
 import math
 import os
 import sys
-import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any

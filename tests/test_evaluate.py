@@ -16,7 +16,13 @@ import harmonize
 from harmonize.cli import main as cli_main
 from harmonize.data import IHarmony4Dataset
 from harmonize.data.color import rgb_to_lab
-from harmonize.evaluate import default_batch_size, evaluate, evaluate_models, format_table1, format_table2
+from harmonize.evaluate import (
+    default_batch_size,
+    evaluate,
+    evaluate_models,
+    format_table1,
+    format_table2,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LABELME = DATA / "labelme-harmony"

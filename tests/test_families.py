@@ -7,10 +7,10 @@ from harmonize.data import (
     FAMILIES,
     HELDOUT_FAMILIES,
     TRAIN_FAMILIES,
+    UNEDITED,
     FamilySynthesizer,
     IHarmony4Dataset,
     RobustnessDataset,
-    UNEDITED,
     SyntheticCompositeDataset,
     local_variation,
     split_train_val,
@@ -152,7 +152,7 @@ def test_identity_composites_are_the_real_photo_and_leave_the_other_draws_alone(
     drawn = [ident.draw(real, mask, ref, ref_mask, torch.Generator().manual_seed(s)) for s in range(60)]
     same = [name == "identity" for _, name in drawn]
     assert 8 <= sum(same) <= 30  # about 30% of 60
-    for (comp, name), s in zip(drawn, range(60)):
+    for comp, name in drawn:
         if name == "identity":
             assert torch.equal(comp, real) and comp is not real
         else:
