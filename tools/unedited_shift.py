@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import harmonize
 from harmonize.data import UNEDITED, RobustnessDataset
-from harmonize.metrics import prepare_image, prepare_mask
+from harmonize.metrics import fmse, prepare_image, prepare_mask
 
 
 def main() -> None:
@@ -36,11 +36,12 @@ def main() -> None:
                 item = ds[i]
                 real = prepare_image(item["real"], "iharmony4")[None]
                 mask = prepare_mask(item["mask"], "iharmony4")[None]
-                d = (model(real, mask).clamp(0, 1) - real) * 255 * mask
+                out = model(real, mask).clamp(0, 1)
+                d = (out - real) * 255 * mask
                 k = mask.sum()
                 mean = d.sum((2, 3), keepdim=True) / k
                 local = F.avg_pool2d(d, 15, 1, 7) / F.avg_pool2d(mask, 15, 1, 7).clamp_min(1e-3) * mask
-                total += float((d**2).sum() / (3 * k))
+                total += float(fmse(out, real, mask))
                 shift += float((mean**2).sum() / 3)
                 smooth += float((local**2).sum() / (3 * k))
                 n += 1

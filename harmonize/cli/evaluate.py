@@ -89,11 +89,17 @@ def _check_args(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, list[int] | None]:
     """The items ``--split`` names, and the indices to score (``--limit``)."""
-    from ..data import HELDOUT_FAMILIES, IHarmony4Dataset, RobustnessDataset, train_val_indices
+    from ..data import (
+        HELDOUT_FAMILIES,
+        UNEDITED,
+        IHarmony4Dataset,
+        RobustnessDataset,
+        train_val_indices,
+    )
     from ..evaluate import limit_indices
 
     if args.split in ("robustness", "unedited"):
-        families = ["unedited"] if args.split == "unedited" else HELDOUT_FAMILIES
+        families = [UNEDITED] if args.split == "unedited" else HELDOUT_FAMILIES
         dataset = RobustnessDataset(args.data, subsets=args.subsets, families=families)
         per_photo = len(dataset.families)
         indices = None if args.limit is None else list(range(min(len(dataset), args.limit * per_photo)))
