@@ -31,6 +31,7 @@ from harmonize.train import (
     train,
 )
 from harmonize.train.trainer import lr_lambda
+from harmonize.utils.device import cpu_bf16_step_ratio
 
 SIZE = 48
 
@@ -41,14 +42,14 @@ def _train_set(labelme, n=12, seed=0):
     return SyntheticCompositeDataset(base, transform=PairedRandomResizedCrop(SIZE, scale=(0.7, 1.0)), seed=seed)
 
 
-def _trainer(labelme, out, steps, loss_fn=None, ema=0.9, eval_loader=None, n=12):
+def _trainer(labelme, out, steps, loss_fn=None, ema=0.9, eval_loader=None, n=12, amp="none"):
     torch.manual_seed(0)
     model = harmonize.create_model("test_gknet")
     ds = _train_set(labelme, n)
     loader = DataLoader(ds, batch_size=4, sampler=ResumableSampler(len(ds), seed=0), drop_last=True)
     cfg = TrainConfig(
         steps=steps, lr=2e-3, schedule="cosine", warmup_steps=2, grad_clip=1.0, ema_decay=ema,
-        amp="none", channels_last=False, ckpt_every=3, log_every=1, progress=False,
+        amp=amp, channels_last=False, ckpt_every=3, log_every=1, progress=False,
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return Trainer(model, loss_fn or ForegroundMSELoss(), opt, loader, cfg, out, eval_loader=eval_loader)
@@ -86,6 +87,38 @@ def test_loss_falls_on_real_data(labelme, tmp_path):
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss,lr,images_per_s") and len(rows) == 61
     assert (tmp_path / "eval.jsonl").read_text().count("\n") == 1
+
+
+def test_cpu_bf16_probe_leaves_the_model_and_the_random_state_as_they_were():
+    torch.manual_seed(0)
+    model = harmonize.create_model("test_gknet").train()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # whose statistics a step moves
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    ratio = cpu_bf16_step_ratio(model, SIZE, channels_last=False)
+    assert 0 < ratio < float("inf")
+    assert torch.equal(rng, torch.get_rng_state())
+    for k, v in model.state_dict().items():
+        assert torch.equal(before[k], v), k
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(("ratio", "dtype"), [(0.5, torch.bfloat16), (1.2, None)])
+def test_auto_amp_on_the_cpu_follows_the_probe_and_a_resumed_run_keeps_its_choice(labelme, tmp_path, monkeypatch, ratio, dtype):
+    import harmonize.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_bf16_step_ratio", lambda *a, **k: ratio)
+    first = _trainer(labelme, tmp_path, steps=3, amp="auto")
+    assert first.amp_dtype == dtype
+    first.fit()
+    assert load_checkpoint_state(tmp_path / "last.pt")["amp"] == ("bf16" if dtype else "none")
+    monkeypatch.setattr(trainer_module, "cpu_bf16_step_ratio", lambda *a, **k: 1.7 - ratio)  # now the other way
+    resumed = _trainer(labelme, tmp_path, steps=6, amp="auto")
+    assert resumed.amp_dtype != dtype
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    assert resumed.amp_dtype == dtype
+    resumed.fit()
+    assert resumed.step == 6
 
 
 class _Crash(Exception):

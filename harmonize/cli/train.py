@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off")
     p.add_argument("--ema-decay", type=float, help="EMA of weights, 0 = off")
-    p.add_argument("--amp", choices=_AMP_MODES)
+    p.add_argument("--amp", choices=_AMP_MODES, help="mixed precision; auto (the default): bf16 on GPUs that have it, "
+                   "else fp16; on the CPU bf16 where a timed probe step finds it faster, else float32")
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--synthetic", type=float, help="fraction of samples whose composite is made on the fly")
     p.add_argument("--crop-scale", type=float, help="smallest area fraction of the random resized crop")

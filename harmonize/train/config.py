@@ -60,7 +60,9 @@ class RunConfig:
         schedule: ``"constant"`` or ``"cosine"`` (to ``min_lr_ratio * lr``), after ``warmup_steps``.
         grad_clip: max gradient norm (0: off).
         ema_decay: EMA of the weights (0: off).
-        amp: ``"auto"`` (bf16 on the CPU and on GPUs that have it, else fp16), ``"bf16"``, ``"fp16"``, ``"none"``.
+        amp: ``"auto"`` (on GPUs bf16 where they have it, else fp16; on the CPU bf16 where a
+            timed probe step finds it faster, else float32; a resumed run keeps its first
+            choice), ``"bf16"``, ``"fp16"``, ``"none"``.
         channels_last: train in channels-last memory format.
         eval_every: steps between evaluations (0: only at the end).
         ckpt_every: steps between checkpoints.

@@ -1,7 +1,8 @@
 """A small explicit trainer: model, loss, optimizer and data loaders in; weights out.
 
 It never looks names up in the registry. It uses CUDA when present (bf16/fp16 autocast,
-channels_last), falls back to the CPU (bf16 autocast there too, where it pays), runs the
+channels_last), falls back to the CPU (bf16 autocast there too where a timed probe finds that
+it pays, :func:`~harmonize.utils.device.cpu_bf16_step_ratio`), runs the
 same code on 1 or N processes under ``torchrun`` (DDP), clips gradients, schedules the
 learning rate, keeps an EMA of the weights, writes checkpoints atomically and resumes
 them exactly (model, optimizer, scheduler, EMA, RNG, step), evaluates periodically, and
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import HarmonizeError, NonFiniteError
-from ..utils.device import resolve_device
+from ..utils.device import cpu_bf16_step_ratio, resolve_device
 from ..utils.files import atomic_write, atomic_write_text
 from .config import RunConfig, TrainConfig
 
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: ``amp="auto"`` on the CPU trains in bf16 only when its probe step takes at most this
+#: fraction of float32's time (float32, the exact one, wins near-ties).
+CPU_BF16_MAX_RATIO = 0.9
+_AMP_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class TrainingDiverged(NonFiniteError):
@@ -263,7 +269,16 @@ class Trainer:
         if amp == "auto":
             if self.device.type == "cuda":
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.bfloat16 if self.device.type == "cpu" else None
+            if self.device.type != "cpu":
+                return None
+            ratio = cpu_bf16_step_ratio(self.model, self.config.size, self.config.channels_last)
+            use = torch.tensor([int(ratio <= CPU_BF16_MAX_RATIO)])
+            if self.distributed:  # every rank trains in rank 0's choice
+                dist.broadcast(use, 0)
+            dtype = torch.bfloat16 if bool(use) else None
+            _logger.info("amp auto: a bf16 step takes %.2fx float32's on this CPU; training in %s",
+                         ratio, "bf16" if dtype else "float32")
+            return dtype
         raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'none', got {amp!r}")
 
     # ----------------------------------------------------------------- checkpoints
@@ -277,6 +292,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": _rng_state(),
             "config": self.config.to_dict(),
+            "amp": _AMP_NAMES[self.amp_dtype],
         }
 
     def nonfinite_weights(self) -> list[str]:
@@ -340,6 +356,8 @@ class Trainer:
                 self.ema.module.load_state_dict(state["ema"])
             _set_rng_state(state["rng"])
             self.step = int(state["step"])
+            if self.config.amp == "auto" and self.device.type == "cpu" and state.get("amp") in ("bf16", "none"):
+                self.amp_dtype = torch.bfloat16 if state["amp"] == "bf16" else None  # the probe's first choice
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             if isinstance(e, HarmonizeError):
                 raise
