@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--amp", action="store_const", const=True, default=None,
-                   help="score in bfloat16 on the CPU too: faster, the scores move in their last digits "
+                   help="score in bfloat16 on the CPU too: faster on CPUs with fast bfloat16 (not on every "
+                        "AVX-512 CPU), the scores move in their last digits "
                         "(default: bfloat16 on a CUDA GPU only)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="write per_image.csv and summary.json here")

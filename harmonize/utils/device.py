@@ -41,8 +41,9 @@ def inference_autocast(device: torch.device, enabled: bool | None = None) -> con
     Args:
         device: where the network runs.
         enabled: None (the default): on a CUDA device that has bfloat16, not on the CPU, where
-            the network then stays in float32 bit for bit. True: on the CPU too (about 2x faster
-            at 256x256 on a CPU with AVX-512 bf16, outputs within 1/255 of float32:
+            the network then stays in float32 bit for bit. True: on the CPU too (at 256x256
+            about 1.6x faster on an AMD EPYC with AVX-512 bf16, 1.16x slower on an Intel Xeon
+            with AVX-512 bf16 but no AMX; outputs within about 1/255 of float32:
             ``benchmarks/inference.py``). False: never.
 
     bfloat16 keeps float32's range, so nothing overflows; float16 (the only choice on GPUs
