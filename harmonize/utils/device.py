@@ -86,7 +86,8 @@ def cpu_bf16_step_ratio(model: nn.Module, size: int, channels_last: bool = True)
                 start = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     out = probe(image, mask)
-                out.float().square().mean().backward()
+                if out.requires_grad:  # a model without weights has no backward
+                    out.float().square().mean().backward()
                 probe.zero_grad(set_to_none=True)
                 times[bf16].append(time.perf_counter() - start)
     return min(times[True][1:]) / min(times[False][1:])
