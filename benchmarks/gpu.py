@@ -90,11 +90,13 @@ def bench_kernel_modulation(reps: int) -> None:
             kernels = torch.randn(4, c * 9, h, w, device="cuda", dtype=dtype, requires_grad=True)
             g = torch.randn_like(x)
 
-            def fwd() -> object:
+            def fwd(x: torch.Tensor = x, kernels: torch.Tensor = kernels) -> object:
                 with torch.no_grad():
                     return kernel_modulation(x, kernels, 3)
 
-            def fwd_bwd() -> object:
+            def fwd_bwd(
+                x: torch.Tensor = x, kernels: torch.Tensor = kernels, g: torch.Tensor = g
+            ) -> object:
                 return torch.autograd.grad(kernel_modulation(x, kernels, 3), (x, kernels), g)
 
             for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
@@ -103,22 +105,26 @@ def bench_kernel_modulation(reps: int) -> None:
                 with triton(False):
                     t_off, _ = timed(fn, reps)
                 size = f"{c}, {h}, {w}"
-                print(f"{str(dtype)[6:]:9} {size:14} {name:8} {t_on:8.3f} {t_off:8.3f} {t_off / t_on:6.2f}")
+                print(
+                    f"{str(dtype)[6:]:9} {size:14} {name:8} {t_on:8.3f} {t_off:8.3f} {t_off / t_on:6.2f}"
+                )
 
 
 def bench_local_dynamic(reps: int) -> None:
     from harmonize.layers import local_dynamic
 
-    print("\n## local dynamic, C=256, top_k=1, forward (ms, peak MiB; ratio = PyTorch path / Triton)")
+    print(
+        "\n## local dynamic, C=256, top_k=1, forward (ms, peak MiB; ratio = PyTorch path / Triton)"
+    )
     for b, c, h, w in LD_SIZES:
         f = torch.randn(b, c, h, w, device="cuda")
         mask = torch.zeros(b, 1, h, w, device="cuda")
         mask[..., h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
         with torch.no_grad():
             with triton(True):
-                t_on, m_on = timed(lambda: local_dynamic(f, f, mask, 1), reps)
+                t_on, m_on = timed(lambda f=f, mask=mask: local_dynamic(f, f, mask, 1), reps)
             with triton(False):
-                t_off, m_off = timed(lambda: local_dynamic(f, f, mask, 1), reps)
+                t_off, m_off = timed(lambda f=f, mask=mask: local_dynamic(f, f, mask, 1), reps)
         print(
             f"B={b} {h}x{w}: Triton {t_on:.3f} ms ({m_on:.0f} MiB), "
             f"PyTorch {t_off:.3f} ms ({m_off:.0f} MiB), ratio {t_off / t_on:.2f}"
@@ -141,7 +147,12 @@ def bench_models(reps: int) -> None:
             res = {}
             for amp in (False, True):
 
-                def infer() -> object:
+                def infer(
+                    model: torch.nn.Module = model,
+                    image: torch.Tensor = image,
+                    mask: torch.Tensor = mask,
+                    amp: bool = amp,
+                ) -> object:
                     with torch.no_grad(), inference_autocast(dev, amp):
                         return model(image, mask).float().clamp(0, 1)
 
@@ -158,7 +169,13 @@ def bench_models(reps: int) -> None:
         res = {}
         for amp in (False, True):
 
-            def step() -> None:
+            def step(
+                model: torch.nn.Module = model,
+                image: torch.Tensor = image,
+                mask: torch.Tensor = mask,
+                amp: bool = amp,
+                opt: torch.optim.Optimizer = opt,
+            ) -> None:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                     loss = (model(image, mask).float() - image).abs().mean()
                 opt.zero_grad(set_to_none=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._config import is_exportable
 from ..utils.checks import check_image_mask
 
-__all__ = ["check_inputs", "pad_to_multiple", "blend"]
+__all__ = ["check_inputs", "pad_to_multiple", "blend", "float32_under_autocast"]
 
 
 def check_inputs(image: Tensor, mask: Tensor) -> None:
@@ -26,6 +26,21 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     if ph == 0 and pw == 0:
         return x
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def float32_under_autocast(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)``, in float32 even inside a bfloat16 autocast region.
+
+    For the layers next to the pixels: the one that reads the image and the one that writes
+    the correction. Cast to bfloat16 (8 bits of mantissa) the input image alone moves GKNet's
+    output by up to 2.3/255; kept in float32 these two small convolutions bring it within
+    1/255 of the float32 network (``benchmarks/inference.py``). Outside autocast this is
+    ``module(x)``, bit for bit.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return module(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return module(x.float())
 
 
 def blend(pred: Tensor, image: Tensor, mask: Tensor) -> Tensor:

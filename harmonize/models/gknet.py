@@ -28,7 +28,7 @@ from ..layers import (
     SpatialSeparatedAttention,
     kernel_modulation,
 )
-from ._base import blend, check_inputs, pad_to_multiple
+from ._base import blend, check_inputs, float32_under_autocast, pad_to_multiple
 
 __all__ = ["GKNet"]
 
@@ -165,7 +165,7 @@ class GKNet(nn.Module):
         h, w = image.shape[-2:]
         x = pad_to_multiple(torch.cat([image * 2 - 1, mask], dim=1), self.multiple)
         m = x[:, 3:]
-        feats = [self.stem(x)]
+        feats = [float32_under_autocast(self.stem, x)]  # the image, not rounded to bfloat16
         for down in self.down:
             feats.append(down(feats[-1]))
         kernels = self.predict_kernels(feats) if self.use_kpb else []
@@ -175,7 +175,7 @@ class GKNet(nn.Module):
                 y = kernel_modulation(y, kernels[level], self.kernel_size)
             if level < 4:
                 y = self.up[level](y, feats[-2 - level], m)
-        pred = image + self.head(y)[..., :h, :w].to(image.dtype)
+        pred = image + float32_under_autocast(self.head, y)[..., :h, :w].to(image.dtype)
         if not self.training:
             pred = pred.clamp(0, 1)
         return blend(pred, image, mask)

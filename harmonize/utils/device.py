@@ -41,10 +41,10 @@ def inference_autocast(device: torch.device, enabled: bool | None = None) -> con
     Args:
         device: where the network runs.
         enabled: None (the default): on a CUDA device that has bfloat16, not on the CPU, where
-            the network then stays in float32 bit for bit. True: on the CPU too (at 256x256
-            about 1.6x faster on an AMD EPYC with AVX-512 bf16, 1.16x slower on an Intel Xeon
-            with AVX-512 bf16 but no AMX; outputs within about 1/255 of float32:
-            ``benchmarks/inference.py``). False: never.
+            the network then stays in float32 bit for bit. True: on the CPU too (``gknet`` at
+            256x256 1.6x faster on an AMD EPYC with AVX-512 bf16, 1.4x on an Intel Xeon
+            with AMX, 1.16x slower on an Intel Xeon with AVX-512 bf16 but no AMX; outputs
+            within 1/255 of float32 on 204 photos: ``benchmarks/inference.py``). False: never.
 
     bfloat16 keeps float32's range, so nothing overflows; float16 (the only choice on GPUs
     without bfloat16) could, and is not used. Callers cast the output to float32 and clamp it.
@@ -65,8 +65,8 @@ def cpu_bf16_step_ratio(model: nn.Module, size: int, channels_last: bool = True)
     Times a forward and backward pass of a copy of ``model`` (train mode) on one random
     ``(1, 3, size, size)`` image and its mask in each dtype, alternating: one untimed pass
     each, then the best of two. The model, its BatchNorm statistics and the random number
-    generators are left as they were. On a CPU with AMX bfloat16 takes about half the time;
-    on an Intel Xeon with AVX-512 bf16 but no AMX, ``gknet`` took 1.2x longer
+    generators are left as they were. On an Intel Xeon with AMX a bfloat16 step of ``gknet``
+    took 0.56x float32's time (``hdnet`` 0.5x); on one with AVX-512 bf16 but no AMX, 1.2x
     (``docs/benchmarks.md``).
 
     Args:
