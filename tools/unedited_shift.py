@@ -1,6 +1,6 @@
 """How much of what a model changes in unedited photos is one colour cast over the foreground.
 
-    python tools/unedited_shift.py gknet.labelme_families hdnet.labelme_families [--every 10]
+    python tools/unedited_shift.py gknet.labelme_families hdnet.labelme_families_long [--every 10]
 
 For every ``--every``-th LabelMe test photo, unchanged (the composite is the real photo,
 ``RobustnessDataset(families=[UNEDITED])``), at 256x256 (iHarmony4 protocol): the model's fMSE

@@ -188,7 +188,8 @@ _PAPER_URL = "https://arxiv.org/abs/2312.06886"
 
 # Weights trained here, shipped inside the package (the save_pretrained folder is what
 # push_to_hub publishes): `labelme` under the budget of gknet.labelme, `labelme_families` the
-# same run fine-tuned 2,200 steps on the composite families, chosen on the validation photos.
+# same run fine-tuned 2,200 steps on the composite families, `labelme_families_long` that one
+# trained 2 x 1,300 steps more at a larger learning rate; each chosen on the validation photos.
 # Scores: the folders' model cards, docs/models/hdnet.md and docs/comparison.md.
 _COMMON = dict(
     paper=_PAPER,
@@ -200,6 +201,11 @@ _COMMON = dict(
 default_cfgs = generate_default_cfgs(
     {
         # The first tag of an architecture is its default.
+        "hdnet.labelme_families_long": PretrainedCfg(
+            **_COMMON,
+            file="weights/hdnet.labelme_families_long",
+            metrics={"LabelMe test fMSE / MSE / PSNR (iHarmony4 protocol)": "667.5 / 158.2 / 28.90"},
+        ),
         "hdnet.labelme_families": PretrainedCfg(
             **_COMMON,
             file="weights/hdnet.labelme_families",
