@@ -333,7 +333,7 @@ def test_hdnet_ablations_and_bad_input():
 def test_hdnet_registered():
     assert {"hdnet", "hdnet_large", "test_hdnet"} <= set(harmonize.list_models(module="hdnet"))
     cfg = harmonize.get_pretrained_cfg("hdnet")
-    assert cfg.tag == "labelme_families" and cfg.has_weights and cfg.paper_url.endswith("2312.06886")
+    assert cfg.tag == "labelme_families_long" and cfg.has_weights and cfg.paper_url.endswith("2312.06886")
     assert harmonize.create_model("hdnet").base_width == 16 and harmonize.create_model("hdnet_large").base_width == 32
     untrained = harmonize.get_pretrained_cfg("hdnet_large.untrained")
     assert not untrained.has_weights and untrained.paper_url.endswith("2312.06886")
