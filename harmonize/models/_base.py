@@ -32,9 +32,9 @@ def float32_under_autocast(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)``, in float32 even inside a bfloat16 autocast region.
 
     For the layers next to the pixels: the one that reads the image and the one that writes
-    the correction. Cast to bfloat16 (8 bits of mantissa) the input image alone moves GKNet's
-    output by up to 2.3/255; kept in float32 these two small convolutions bring it within
-    1/255 of the float32 network (``benchmarks/inference.py``). Outside autocast this is
+    the correction. All in bfloat16 (8 bits of mantissa), GKNet moved real photos by up to
+    2.3/255, mostly from the input image's rounding; with these two small convolutions in
+    float32 it stays within 1/255 of the float32 network (``benchmarks/inference.py``). Outside autocast this is
     ``module(x)``, bit for bit.
     """
     if not torch.is_autocast_enabled(x.device.type):
