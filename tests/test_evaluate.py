@@ -134,7 +134,8 @@ def test_cpu_scoring_is_batch_and_layout_free_and_gives_the_model_back_as_it_was
         ref, ref_records = evaluate(ref_model, data, "iharmony4", batch_size=8, device="cpu", progress=False, indices=range(10))
     assert format_table1({"gknet": fast}) == format_table1({"gknet": ref})
     assert format_table2({"gknet": fast}) == format_table2({"gknet": ref})
-    assert [r["fmse"] for r in fast_records] == pytest.approx([r["fmse"] for r in ref_records], rel=1e-6)
+    # Per image, a pixel may round to the other 8-bit level (one such flip moved an fMSE by 4e-6).
+    assert [r["fmse"] for r in fast_records] == pytest.approx([r["fmse"] for r in ref_records], rel=2e-5)
     mean = lambda key: sum(r[key] for r in fast_records) / len(fast_records)  # noqa: E731
     assert mean("fmse") < 0.6 * mean("composite_fmse")  # the weights really ran
     model.train()  # its parameters are still normal tensors (not inference-mode ones): it trains

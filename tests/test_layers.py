@@ -13,10 +13,13 @@ from harmonize.layers import (
     SelfAttention,
     SpatialSeparatedAttention,
     TransformerBlock,
+    channel_spatial_gate,
     kernel_modulation,
     masked_mean,
     sincos_pos_embed_2d,
+    weighted_pixel_sums,
 )
+from harmonize.layers._layout import pointwise_conv_contiguous
 
 
 class TinySegNet(nn.Module):
@@ -162,6 +165,81 @@ def test_spatial_separated_attention():
     assert not torch.equal(att(x, m), x)
     mm = masked_mean(x, torch.ones(2, 1, 6, 6))
     torch.testing.assert_close(mm, x.mean((2, 3)))
+
+
+def _attention_by_the_formula(att, x, mask):
+    """S2AM's blend as first written: masked means by sums of products, a concatenation."""
+    m = nn.functional.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    fg = (x * m).sum((2, 3)) / (m.sum((2, 3)) + 1e-6)
+    bg = (x * (1 - m)).sum((2, 3)) / ((1 - m).sum((2, 3)) + 1e-6)
+    stats = torch.cat([fg, bg], 1)
+    a_fg = torch.sigmoid(att.attn_fg(stats))[:, :, None, None]
+    a_bg = torch.sigmoid(att.attn_bg(stats))[:, :, None, None]
+    s = torch.sigmoid(att.spatial(torch.cat([x, m], 1)))
+    return x + att.proj(x * (a_fg * s + a_bg * (1 - s)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spatial_separated_attention_is_its_formula(channels_last):
+    torch.manual_seed(0)
+    att = SpatialSeparatedAttention(6)
+    nn.init.normal_(att.proj.weight, std=0.3)
+    x, mask = torch.randn(2, 6, 10, 14), (torch.rand(2, 1, 20, 28) > 0.4).float()
+    want = _attention_by_the_formula(att, x, mask)
+    if channels_last:
+        att, x = att.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    got = att(x, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    xg = x.clone().requires_grad_(True)
+    att(xg, mask).square().sum().backward()
+    assert xg.grad is not None and att.spatial.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_weighted_pixel_sums_and_gate_in_both_layouts(dtype, channels_last):
+    # One thread at 256x256 in bfloat16: the size at which torch's bmm of (24, 65536) by
+    # (65536, 2) died of a floating-point exception in the contiguous layout.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(1, 24, 256, 256).to(dtype)
+        w = torch.rand(1, 2, 256, 256).to(dtype)
+        s = torch.rand(1, 1, 256, 256).to(dtype)
+        a_fg, a_bg = torch.rand(1, 24).to(dtype), torch.rand(1, 24).to(dtype)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        xl = x.contiguous(memory_format=fmt)
+        want_sums = torch.stack([(x.float() * w[:, j : j + 1].float()).sum((2, 3)) for j in range(2)], 1)
+        tol = dict(rtol=1e-2, atol=1.0) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(weighted_pixel_sums(xl, w).float(), want_sums, **tol)
+        want_gate = x.float() * (a_fg.float()[..., None, None] * s.float() + a_bg.float()[..., None, None] * (1 - s.float()))
+        gate = channel_spatial_gate(xl, a_fg, a_bg, s)
+        torch.testing.assert_close(gate.float(), want_gate, rtol=2e-2, atol=2e-2)
+        assert gate.is_contiguous(memory_format=fmt)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_contiguous_is_the_convolution(channels_last):
+    conv = nn.Conv2d(12, 45, 1)
+    x = torch.randn(3, 12, 7, 9)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    got = pointwise_conv_contiguous(x, conv.weight, conv.bias)
+    torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous()
+    torch.testing.assert_close(pointwise_conv_contiguous(x, conv.weight, None), conv(x) - conv.bias[:, None, None])
+
+
+def test_kernel_modulation_keeps_the_layout():
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    kernels = torch.randn(2, 36, 6, 6)
+    out = kernel_modulation(x, kernels, 3)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, kernel_modulation(x.contiguous(), kernels, 3))
+    assert kernel_modulation(x.contiguous(), kernels, 3).is_contiguous()
 
 
 def test_kpb_softmax_kernels_sum_to_one():

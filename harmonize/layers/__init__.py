@@ -1,6 +1,11 @@
 """Reusable layers: every one usable alone in another network."""
 
-from .attention import SpatialSeparatedAttention, masked_mean
+from .attention import (
+    SpatialSeparatedAttention,
+    channel_spatial_gate,
+    masked_mean,
+    weighted_pixel_sums,
+)
 from .kernel_modulation import KernelModulation, kernel_modulation
 from .kpb import KernelPredictionBlock
 from .local_dynamic import LocalDynamic, foreground_positions, local_dynamic
@@ -19,6 +24,8 @@ __all__ = [
     "sincos_pos_embed_2d",
     "SpatialSeparatedAttention",
     "masked_mean",
+    "weighted_pixel_sums",
+    "channel_spatial_gate",
     "local_dynamic",
     "LocalDynamic",
     "foreground_positions",

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 from .._config import is_exportable
 from . import _kmod_ext
 from ._gpu import triton_ops
+from ._layout import is_channels_last
 
 __all__ = ["kernel_modulation", "KernelModulation"]
 
@@ -269,7 +270,8 @@ def kernel_modulation(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tenso
         kernel_size: odd kernel size ``k``.
 
     Returns:
-        The filtered features, same shape and dtype as ``x``.
+        The filtered features, same shape, dtype and memory layout (contiguous or
+        channels-last) as ``x``.
 
     Shape:
         x: (B, C, H, W); kernels: (B, C*k*k, H, W) or (B, k*k, H, W) -> (B, C, H, W)
@@ -288,7 +290,10 @@ def kernel_modulation(x: Tensor, kernels: Tensor, kernel_size: int = 3) -> Tenso
     ops = triton_ops(x)
     if ops is not None:  # CUDA: strided inputs are read in place
         return ops.kernel_modulation(x, kernels, kernel_size, shared)
-    return _KernelModulationFn.apply(x, kernels.contiguous(), kernel_size, shared)
+    out = _KernelModulationFn.apply(x, kernels.contiguous(), kernel_size, shared)
+    if is_channels_last(x):  # the compiled and pure-PyTorch paths work on contiguous planes
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 class KernelModulation(nn.Module):

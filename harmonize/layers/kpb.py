@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layout import pointwise_conv_contiguous
 from .scf import SelectiveCorrelationFusion
 
 __all__ = ["KernelPredictionBlock"]
@@ -93,7 +94,8 @@ class KernelPredictionBlock(nn.Module):
 
     def forward(self, skip: Tensor, deep: Tensor) -> tuple[Tensor, Tensor]:
         feat = self.refine(self.fuse(deep, skip))
-        kernels = self.kernel_head(feat)
+        # The kernels go to kernel_modulation, which reads whole planes: made contiguous here.
+        kernels = pointwise_conv_contiguous(feat, self.kernel_head.weight, self.kernel_head.bias)
         if self.kernel_norm == "softmax":
             b, _, h, w = kernels.shape
             kk = self.kernel_size * self.kernel_size

@@ -28,6 +28,7 @@ from ..layers import (
     SpatialSeparatedAttention,
     kernel_modulation,
 )
+from ..layers._layout import conv2d_of_concat
 from ._base import blend, check_inputs, float32_under_autocast, pad_to_multiple
 
 __all__ = ["GKNet"]
@@ -59,7 +60,8 @@ class _UpBlock(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor, mask: Tensor) -> Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.conv(torch.cat([x, skip], dim=1))
+        conv, bn, act = self.conv[0]  # the first conv reads (x, skip): no concatenation made
+        x = self.conv[1](act(bn(conv2d_of_concat([x, skip], conv))))
         return self.attn(x, mask) if self.attn is not None else x
 
 
@@ -165,7 +167,10 @@ class GKNet(nn.Module):
         h, w = image.shape[-2:]
         x = pad_to_multiple(torch.cat([image * 2 - 1, mask], dim=1), self.multiple)
         m = x[:, 3:]
-        feats = [float32_under_autocast(self.stem, x)]  # the image, not rounded to bfloat16
+        f0 = float32_under_autocast(self.stem, x)  # the image, not rounded to bfloat16
+        if torch.is_autocast_enabled(x.device.type):  # what its two readers would each round it to
+            f0 = f0.to(torch.get_autocast_dtype(x.device.type))
+        feats = [f0]
         for down in self.down:
             feats.append(down(feats[-1]))
         kernels = self.predict_kernels(feats) if self.use_kpb else []
