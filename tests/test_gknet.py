@@ -134,3 +134,24 @@ def test_variant_sizes():
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert n(harmonize.create_model("test_gknet")) < 200_000
     assert n(harmonize.create_model("gknet")) < n(harmonize.create_model("gknet_large"))
+
+
+def test_training_and_inference_paths_agree():
+    """With gradients the up-blocks convolve each input apart (conv2d_of_concat); without, one
+    convolution of the concatenation: the same network either way."""
+    from harmonize.layers._layout import conv2d_of_concat
+
+    torch.manual_seed(0)
+    model = harmonize.create_model("test_gknet").eval()
+    for p in model.parameters():  # zero-initialised heads and projections would hide the blocks
+        torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
+    image, mask = torch.rand(2, 3, 32, 48), (torch.rand(2, 1, 32, 48) > 0.5).float()
+    with torch.no_grad():
+        want = model(image, mask)
+    got = model(image, mask)
+    assert got.requires_grad
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-5)
+    assert (want - image).abs().max() > 0.05  # the network did change the foreground
+    conv = torch.nn.Conv2d(5, 4, 3, padding=1)
+    with pytest.raises(ValueError, match="5"):
+        conv2d_of_concat([torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8, 8)], conv)
