@@ -19,7 +19,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help="safetensors weights for --model")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--amp", action="store_const", const=True, default=None,
-                   help="run the network in bfloat16 on the CPU too: 1.4x-1.6x faster on CPUs with fast bfloat16 "
+                   help="run the network in bfloat16 on the CPU too: 1.6x-1.7x faster on CPUs with fast bfloat16 "
                         "(an AMD EPYC; Xeons with AMX), slower on an AVX-512 Xeon without AMX; outputs within "
                         "1/255 of float32 (default: bfloat16 on a CUDA GPU only)")
 

@@ -161,7 +161,7 @@ class Harmonizer:
         checkpoint: weights file for a model given by name.
         amp: bfloat16 autocast for the network (its output cast to float32 and clamped): None
             on a CUDA GPU that has it, not on the CPU (float32 there, bit for bit); True on the
-            CPU too (1.4x-1.6x faster where the CPU has fast bfloat16, slower on an AVX-512 Xeon
+            CPU too (1.6x-1.7x faster where the CPU has fast bfloat16, slower on an AVX-512 Xeon
             without AMX; within about 1/255 of float32); False never.
 
     Example:

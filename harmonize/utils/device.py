@@ -42,7 +42,7 @@ def inference_autocast(device: torch.device, enabled: bool | None = None) -> con
         device: where the network runs.
         enabled: None (the default): on a CUDA device that has bfloat16, not on the CPU, where
             the network then stays in float32 bit for bit. True: on the CPU too (``gknet`` at
-            256x256 1.6x faster on an AMD EPYC with AVX-512 bf16, 1.4x on an Intel Xeon
+            256x256 1.6x faster on an AMD EPYC with AVX-512 bf16, 1.7x on an Intel Xeon
             with AMX, 1.16x slower on an Intel Xeon with AVX-512 bf16 but no AMX; outputs
             within 1/255 of float32 on 204 photos: ``benchmarks/inference.py``). False: never.
 
