@@ -228,6 +228,11 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            # Denormal floats flushed to zero, for this process (threads started later inherit
+            # it). Near a minimum, where gradients are tiny, a bf16 step of gknet ran 7-10%
+            # faster (AMX Xeon, inline loop), the same loss to 6 digits; from scratch, no change.
+            torch.set_flush_denormal(True)
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.is_main = self.rank == 0
