@@ -49,6 +49,9 @@ def conv2d_of_concat(inputs: list[Tensor], conv: nn.Conv2d) -> Tensor:
     Shape:
         inputs: (B, C_i, H, W) each, sum of C_i = conv.in_channels -> (B, conv.out_channels, H', W')
     """
+    total = sum(x.shape[1] for x in inputs)
+    if total != conv.in_channels:
+        raise ValueError(f"inputs have {total} channels, the convolution takes {conv.in_channels}")
     if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return conv(torch.cat(inputs, dim=1))
     out, start = None, 0
@@ -57,6 +60,4 @@ def conv2d_of_concat(inputs: list[Tensor], conv: nn.Conv2d) -> Tensor:
         start += x.shape[1]
         y = F.conv2d(x, weight, conv.bias if i == 0 else None, conv.stride, conv.padding, conv.dilation)
         out = y if out is None else out + y
-    if start != conv.in_channels:
-        raise ValueError(f"inputs have {start} channels, the convolution takes {conv.in_channels}")
     return out

@@ -87,8 +87,9 @@ class SpatialSeparatedAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         m = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False).to(x.dtype)
-        sums = weighted_pixel_sums(x, torch.cat([m, 1 - m], dim=1))  # (B, 2, C)
-        area = torch.cat([m, 1 - m], dim=1).sum(dim=(2, 3))[:, :, None] + 1e-6
+        regions = torch.cat([m, 1 - m], dim=1)  # foreground, background
+        sums = weighted_pixel_sums(x, regions)  # (B, 2, C)
+        area = regions.sum(dim=(2, 3))[:, :, None] + 1e-6
         stats = (sums / area).flatten(1)  # fg means then bg means, (B, 2C)
         a_fg = torch.sigmoid(self.attn_fg(stats))
         a_bg = torch.sigmoid(self.attn_bg(stats))
