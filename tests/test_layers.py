@@ -231,6 +231,17 @@ def test_pointwise_conv_contiguous_is_the_convolution(channels_last):
     torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
     assert got.is_contiguous()
     torch.testing.assert_close(pointwise_conv_contiguous(x, conv.weight, None), conv(x) - conv.bias[:, None, None])
+    with torch.no_grad():  # the bias added by baddbmm (with gradients: a channel of ones in the product)
+        torch.testing.assert_close(pointwise_conv_contiguous(x, conv.weight, conv.bias), got.detach(), rtol=1e-5, atol=1e-5)
+    # the same gradients as the convolution, for the input, the weight and the bias
+    g = torch.randn(3, 45, 7, 9)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pointwise_conv_contiguous(xa, conv.weight, conv.bias).backward(g)
+    mine = [xa.grad, conv.weight.grad.clone(), conv.bias.grad.clone()]
+    conv.zero_grad()
+    conv(xb).backward(g)
+    for a, b in zip(mine, [xb.grad, conv.weight.grad, conv.bias.grad]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_modulation_keeps_the_layout():
@@ -250,6 +261,22 @@ def test_kpb_softmax_kernels_sum_to_one():
     assert kernels.view(2, 5, 9, 8, 8)[:, :, 4].min() > 0.8  # starts near the identity
     with pytest.raises(ValueError, match="kernel_norm"):
         KernelPredictionBlock(8, 6, 8, 5, kernel_norm="l1")
+
+
+def test_kpb_softmax_under_autocast_is_float32_softmax_rounded_once():
+    # Under bfloat16 autocast the softmax runs on the logits' dtype (autocast would upcast it to
+    # float32 and kernel_modulation cast it back): the same kernels, in the features' dtype.
+    torch.manual_seed(0)
+    kpb = KernelPredictionBlock(8, 6, 8, kernel_chs=5, kernel_size=3, groups=4, kernel_norm="softmax")
+    nn.init.normal_(kpb.kernel_head.weight, std=1.0)  # logits far from the identity start
+    skip, deep = torch.randn(2, 6, 8, 8), torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kernels, feat = kpb(skip, deep)
+        logits = pointwise_conv_contiguous(feat, kpb.kernel_head.weight, kpb.kernel_head.bias)
+    assert kernels.dtype == torch.bfloat16
+    want = logits.float().view(2, 5, 9, 8, 8).softmax(2).to(torch.bfloat16).view_as(kernels)
+    assert torch.equal(kernels, want)
+    assert float(logits.detach().float().view(2, 5, 9, 8, 8).softmax(2).amax()) < 0.99  # not all one-hot
 
 
 @pytest.mark.parametrize("dim,heads,tokens", [(32, 2, 10), (160, 4, 256)])

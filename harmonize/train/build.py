@@ -150,11 +150,10 @@ def build_eval_loader(config: RunConfig, env: DistEnv = DistEnv()) -> DataLoader
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """Adam with the config's learning rate, betas, eps and weight decay (fused on CUDA)."""
+    """Adam with the config's learning rate, betas, eps and weight decay, fused (one kernel over
+    all parameters: on the CPU, 5-6 ms a step for ``gknet`` against 16 for the foreach one)."""
     kwargs: dict[str, Any] = dict(lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
-    if torch.cuda.is_available():
-        kwargs["fused"] = True
-    return torch.optim.Adam(model.parameters(), **kwargs)
+    return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
 
 
 def build_trainer(config: RunConfig, out: str | os.PathLike, env: DistEnv = DistEnv(), device: str | None = None) -> Trainer:
