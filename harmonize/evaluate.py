@@ -52,7 +52,12 @@ from .metrics import (
     prepare_image,
     prepare_mask,
 )
-from .utils.device import inference_autocast, resolve_device
+from .utils.device import (
+    inference_autocast,
+    memory_format_of,
+    preferred_memory_format,
+    resolve_device,
+)
 from .utils.files import atomic_write_text
 
 __all__ = [
@@ -94,22 +99,14 @@ def default_batch_size(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 8
 
 
-def _memory_format(model: nn.Module) -> torch.memory_format:
-    """The layout of the model's first 4-D parameter (contiguous when it has none)."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            cl = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-            return torch.channels_last if cl else torch.contiguous_format
-    return torch.contiguous_format
-
-
 @contextlib.contextmanager
-def _channels_last(models: dict[str, nn.Module]) -> Iterator[None]:
-    """Run ``models`` in channels-last layout, then give each back the layout it had."""
-    before = {name: _memory_format(m) for name, m in models.items()}
+def _fastest_layouts(models: dict[str, nn.Module], device: torch.device) -> Iterator[None]:
+    """Run each of ``models`` in its fastest layout on ``device`` (``preferred_memory_format``),
+    then give each back the layout it had."""
+    before = {name: memory_format_of(m) for name, m in models.items()}
     try:
         for m in models.values():
-            m.to(memory_format=torch.channels_last)
+            m.to(memory_format=preferred_memory_format(m, device))
         yield
     finally:
         for name, m in models.items():
@@ -166,16 +163,14 @@ def evaluate_models(
     for m in models.values():
         m.to(dev).eval()
     bar = tqdm(total=len(data), unit="img", desc=f"evaluate ({p.name})", file=sys.stderr, disable=not progress)
-    layout = _channels_last(models) if dev.type == "cpu" else contextlib.nullcontext()
     try:
-        with layout, torch.inference_mode():  # layout first: parameters stay normal tensors, fit to train
+        with _fastest_layouts(models, dev), torch.inference_mode():  # layouts first: parameters stay normal tensors, fit to train
             for batch in loader:
                 comp, mask, real = (batch[k].to(dev) for k in ("composite", "mask", "real"))
-                if dev.type == "cpu":
-                    comp, mask = (t.contiguous(memory_format=torch.channels_last) for t in (comp, mask))
                 for name, model in models.items():
+                    fmt = memory_format_of(model)
                     with inference_autocast(dev, amp):
-                        pred = model(comp, mask)
+                        pred = model(comp.contiguous(memory_format=fmt), mask.contiguous(memory_format=fmt))
                     pred = pred.float().clamp(0, 1)
                     metrics[name].update(
                         pred, real, mask, composite=comp, subsets=batch["subset"], names=batch["name"]

@@ -130,7 +130,7 @@ def test_cpu_scoring_is_batch_and_layout_free_and_gives_the_model_back_as_it_was
     assert conv.is_contiguous(memory_format=layout)
     assert conv.is_contiguous() == (layout == torch.contiguous_format)
     ref_model = harmonize.create_model("gknet", pretrained=True)
-    with patch("harmonize.evaluate._channels_last", lambda models: contextlib.nullcontext()):
+    with patch("harmonize.evaluate._fastest_layouts", lambda models, device: contextlib.nullcontext()):
         ref, ref_records = evaluate(ref_model, data, "iharmony4", batch_size=8, device="cpu", progress=False, indices=range(10))
     assert format_table1({"gknet": fast}) == format_table1({"gknet": ref})
     assert format_table2({"gknet": fast}) == format_table2({"gknet": ref})

@@ -396,3 +396,25 @@ def test_uint8_apply_writes_straight_into_uint8() -> None:
         out = apply_color_transform(x[None], coeffs, m[None], max_strip_elems=strip)[0]
         ref = apply_color_transform(x[None].float() / 255, coeffs, m[None].float() / 255)[0]
         assert out.dtype == torch.uint8 and torch.equal(out, ref.mul(255).round().to(torch.uint8))
+
+
+def test_models_loaded_by_name_run_in_their_fastest_layout_and_passed_ones_keep_theirs():
+    # GKNet runs channels-last on the CPU (1.16x float32, 1.57x bfloat16), HDNet contiguous
+    # (channels-last is 1.12x slower for it): docs/benchmarks.md. The results are the same.
+    from harmonize.utils.device import memory_format_of, preferred_memory_format
+
+    samples = Path(harmonize.__file__).parent / "assets" / "samples"
+    name = sorted((samples / "composite_images").iterdir())[0].name
+    image = load_image(samples / "composite_images" / name)
+    mask = load_mask(samples / "masks" / (name.rsplit("_", 1)[0] + ".png"))
+    by_name = Harmonizer("gknet")
+    assert memory_format_of(by_name.model) == torch.channels_last
+    assert memory_format_of(Harmonizer("hdnet").model) == torch.contiguous_format
+    passed = harmonize.create_model("gknet", pretrained=True)
+    by_module = Harmonizer(passed)
+    assert memory_format_of(passed) == torch.contiguous_format  # not changed behind the caller's back
+    fast, plain = by_name(image, mask), by_module(image, mask)
+    assert fast.is_contiguous() and fast.shape == plain.shape == image.shape
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+    assert float((fast - image).abs().max()) > 0.05  # the network changed the foreground
+    assert preferred_memory_format(passed, torch.device("cuda")) == torch.contiguous_format

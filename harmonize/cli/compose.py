@@ -93,7 +93,6 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--size must be at least 16, got {args.size}")
     _outputs(args)
 
-    from .._factory import load_model
     from ..cutout import paste
     from ..data.io import read_header, save_image
     from ..highres import Harmonizer
@@ -102,8 +101,9 @@ def main(args: argparse.Namespace) -> int:
     # Read and place before any model loads: a bad cutout or placement costs nothing.
     _, _, icc = read_header(Path(args.background))
     composite, mask = paste(args.cutout, args.background, at=args.at, scale=args.scale, anchor=args.anchor)
-    harmonizer = Harmonizer(
-        load_model(args.model, args.checkpoint),
+    harmonizer = Harmonizer(  # loads the model, in its fastest layout on this device
+        args.model,
+        checkpoint=args.checkpoint,
         device=resolve_device(args.device),
         size=args.size,
         method=args.method,

@@ -136,7 +136,6 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .._factory import load_model
     from ..data.io import load_image, load_mask, save_image
     from ..errors import HarmonizeError, NonFiniteError
     from ..highres import Harmonizer, mask_is_empty
@@ -145,8 +144,9 @@ def main(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 1)
-    harmonizer = Harmonizer(
-        load_model(args.model, args.checkpoint),
+    harmonizer = Harmonizer(  # loads the model, in its fastest layout on this device
+        args.model,
+        checkpoint=args.checkpoint,
         device=device,
         size=args.size,
         method=args.method,

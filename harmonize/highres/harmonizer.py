@@ -58,7 +58,12 @@ from ..data.io import check_unit_range, image_to_tensor
 from ..data.transforms import resize_image, unit_float
 from ..errors import InvalidInputError, NonFiniteError, UsageError
 from ..utils.checks import check_image_mask
-from ..utils.device import inference_autocast, resolve_device
+from ..utils.device import (
+    inference_autocast,
+    memory_format_of,
+    preferred_memory_format,
+    resolve_device,
+)
 from .color_transform import apply_color_transform, fit_color_transform, upsample_blend
 from .convert import mask_from_any, to_uint8_hwc
 
@@ -120,7 +125,12 @@ def mask_is_empty(mask: Tensor) -> bool:
 
 @lru_cache(maxsize=8)
 def _cached_model(name: str, device: str) -> nn.Module:
-    return load_model(name).to(device).eval()
+    return _owned(load_model(name), torch.device(device))
+
+
+def _owned(model: nn.Module, device: torch.device) -> nn.Module:
+    """A model this module loaded: on ``device``, in eval mode and in its fastest layout there."""
+    return model.to(device).eval().to(memory_format=preferred_memory_format(model, device))
 
 
 def _model_size(model: nn.Module) -> int:
@@ -196,7 +206,7 @@ class Harmonizer:
         if isinstance(model, nn.Module):
             self.model = model.to(self.device).eval()
         elif checkpoint is not None:
-            self.model = load_model(model, checkpoint).to(self.device).eval()
+            self.model = _owned(load_model(model, checkpoint), self.device)
         else:
             self.model = _cached_model(model, str(self.device))
         self.size = int(size) if size is not None else _model_size(self.model)
@@ -241,9 +251,11 @@ class Harmonizer:
 
     @torch.no_grad()
     def _network(self, images: Tensor, masks: Tensor) -> Tensor:
+        fmt = memory_format_of(self.model)  # a model passed in keeps the layout it came in
+        images, masks = images.contiguous(memory_format=fmt), masks.contiguous(memory_format=fmt)
         with inference_autocast(self.device, self.amp):
             out = self.model(images, masks)
-        out = out.float()
+        out = out.float().contiguous()
         if not bool(torch.isfinite(out).all()):
             raise NonFiniteError(
                 f"{self!r}: the model output NaN or infinite values (broken weights?); no result is returned"
