@@ -41,7 +41,7 @@ def _inputs(batch: int, n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch
     return out
 
 
-def _alternate(eager: Callable[[int], float], compiled: Callable[[int], float], reps: int) -> tuple[float, float]:
+def _alternate(eager: Callable[[int], object], compiled: Callable[[int], object], reps: int) -> tuple[float, float]:
     """Median seconds of each side, calls alternating, after one untimed call of each."""
     eager(0), compiled(0)
     te, tc = [], []
@@ -68,7 +68,7 @@ def bench_infer(reps: int) -> None:
         fast(*xs[0][:2])
         print(f"infer: compiling took {time.perf_counter() - t:.1f} s")
 
-        def run(m: Callable, i: int) -> float:
+        def run(m: Callable, i: int) -> torch.Tensor:
             return m(*xs[i % len(xs)][:2])
 
         for c, k, _ in xs:
