@@ -294,6 +294,10 @@ def test_usage_errors(tmp_path, capsys) -> None:
         rc, _, err = _run(capsys, *argv, *MODEL)
         assert rc == 2
         _one_line_error(err)
+    # --mask is argparse's abbreviation of --masks: the error says how one image is given
+    rc, _, err = _run(capsys, str(images / "a.png"), "--mask", str(masks / "a.png"), "-o", str(tmp_path / "o.png"), *MODEL)
+    assert rc == 2 and "harmonize run COMPOSITE MASK -o OUT" in _one_line_error(err)
+    assert not (tmp_path / "o.png").exists()
 
 
 # ----------------------------------------------------------------- demo

@@ -38,6 +38,20 @@ def test_list_models_and_filters():
     assert {split_model_name_tag(n)[0] for n in list_pretrained()} <= set(names)  # weights belong to listed architectures
 
 
+def test_list_command_names_a_filter_that_matches_nothing(capsys):
+    from harmonize.cli import main
+
+    assert main(["list", "gknet*"]) == 0
+    assert capsys.readouterr().out.split() == list_models("gknet*")
+    assert main(["list", "--pretrained", "hdnet*"]) == 0
+    assert capsys.readouterr().out.split() == list_pretrained("hdnet*")
+    assert main(["list", "nosuch*"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no registered model matches 'nosuch*'" in err
+    assert main(["list", "--pretrained", "composite*"]) == 2
+    assert "no pretrained tag matches 'composite*'" in capsys.readouterr().err
+
+
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         create_model("nope")

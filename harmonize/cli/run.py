@@ -61,6 +61,11 @@ def _pairs(args: argparse.Namespace, folder: bool) -> list:
     from ..folders import Pair, pair_folders
 
     if folder:
+        if args.images is None and args.composite is not None:
+            raise UsageError(
+                "--masks takes a folder, with --images DIR; for one image give both files: "
+                "harmonize run COMPOSITE MASK -o OUT"
+            )
         if args.images is None or args.masks is None:
             raise UsageError("folder mode needs both --images DIR and --masks DIR")
         if args.composite is not None:
