@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._pretrained import PretrainedCfg
-from .errors import ConfigError, InvalidInputError, UsageError, WeightsMismatchError
+from .errors import (
+    ConfigError,
+    InvalidInputError,
+    UsageError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+)
 from .utils.files import atomic_write
 
 if TYPE_CHECKING:
@@ -175,12 +182,43 @@ def _model_config(model: nn.Module) -> dict[str, Any]:
     return {"architecture": arch, "model_args": dict(getattr(model, "model_args", {})), "pretrained_cfg": pc}
 
 
-def hf_hub_download(repo_id: str, filename: str, **kwargs: Any) -> str:
+def hf_hub_download(repo_id: str, filename: str, revision: str | None = None, **kwargs: Any) -> str:
     """``huggingface_hub.hf_hub_download``, imported when first needed: importing it takes
-    about 0.4 s, which a model whose weights ship with the package never needs."""
-    from huggingface_hub import hf_hub_download as download
+    about 0.4 s, which a model whose weights ship with the package never needs.
 
-    return download(repo_id, filename, **kwargs)
+    What a user can fix (no such repository, revision or file; offline with nothing cached)
+    becomes one :class:`~harmonize.errors.WeightsUnavailableError` naming the repository.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub import hf_hub_download as download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+    start = time.monotonic()
+    try:
+        return download(repo_id, filename, revision=revision, **kwargs)
+    except LocalEntryNotFoundError as e:
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
+               else f"the Hugging Face Hub could not be reached (tried for {time.monotonic() - start:.0f} s)")
+        raise WeightsUnavailableError(
+            f"{where}: {filename} is not in the local Hub cache ({constants.HF_HUB_CACHE}) and {why}; "
+            "download it once online, or point HF_HUB_CACHE at a cache that has it"
+        ) from e
+    except GatedRepoError as e:
+        raise WeightsUnavailableError(f"{where}: a gated repository; accept its terms on the Hub and log in (hf auth login)") from e
+    except RepositoryNotFoundError as e:
+        raise WeightsUnavailableError(f"{where}: no such repository on the Hub (or a private one: log in with hf auth login)") from e
+    except RevisionNotFoundError as e:
+        raise WeightsUnavailableError(f"{where}: the repository has no revision {revision!r}") from e
+    except EntryNotFoundError as e:
+        raise WeightsUnavailableError(f"{where}: the repository has no {filename} (a harmonize save_pretrained folder has "
+                                      f"{CONFIG_NAME} and {WEIGHTS_NAME})") from e
 
 
 def model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard:

@@ -15,6 +15,7 @@ __all__ = [
     "ImageReadError",
     "UnknownModelError",
     "NoPretrainedWeights",
+    "WeightsUnavailableError",
     "WeightsMismatchError",
     "ConfigError",
     "NonFiniteError",
@@ -43,6 +44,11 @@ class UnknownModelError(HarmonizeError, ValueError):
 
 class NoPretrainedWeights(HarmonizeError, ValueError):
     """A model asked for with ``pretrained=True`` that has no weights."""
+
+
+class WeightsUnavailableError(HarmonizeError, FileNotFoundError):
+    """Weights on the Hugging Face Hub that cannot be had: no such repository, revision or
+    file, or not in the local cache while the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``)."""
 
 
 class WeightsMismatchError(HarmonizeError, RuntimeError):

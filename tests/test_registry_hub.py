@@ -171,15 +171,60 @@ def test_hf_hub_loading_offline_through_the_cache(tmp_path):
         "assert all(torch.equal(ref[k], v) for k, v in m2.state_dict().items())\n"
         "try:\n"
         "    harmonize.create_model('hf-hub:harmonize-test/absent', pretrained=True)\n"
-        "except Exception as e:\n"
-        "    print('absent:', type(e).__name__)\n"
+        "except FileNotFoundError as e:\n"
+        "    print('absent:', type(e).__name__, e)\n"
         "print('ok')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
     r = subprocess.run([sys.executable, "-c", code, str(ref)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
-    assert "absent: LocalEntryNotFoundError" in r.stdout or "absent: " in r.stdout
+    assert "absent: WeightsUnavailableError hf-hub:harmonize-test/absent: config.json is not in the local Hub cache" in r.stdout
+    assert "HF_HUB_OFFLINE is set" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        ("repo", "no such repository on the Hub"),
+        ("revision", "has no revision 'v9'"),
+        ("entry", "the repository has no config.json"),
+        ("local", "could not be reached"),
+    ],
+)
+def test_hub_failures_are_one_clear_error(monkeypatch, error: str, words: str):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+
+    from harmonize.errors import WeightsUnavailableError
+
+    def download(repo_id, filename, **kw):
+        response = httpx2.Response(404, request=httpx2.Request("HEAD", f"https://huggingface.co/{repo_id}"))
+        raise {
+            "repo": lambda: hub_errors.RepositoryNotFoundError("404", response=response),
+            "revision": lambda: hub_errors.RevisionNotFoundError("404", response=response),
+            "entry": lambda: hub_errors.RemoteEntryNotFoundError("404", response=response),
+            "local": lambda: hub_errors.LocalEntryNotFoundError("offline"),
+        }[error]()
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(WeightsUnavailableError, match=words) as info:
+        harmonize.create_model("hf-hub:someone/repo@v9", pretrained=True)
+    assert str(info.value).startswith("hf-hub:someone/repo@v9: ") and isinstance(info.value, FileNotFoundError)
+
+
+def test_command_offline_without_cache_is_one_line(tmp_path):
+    samples = Path(harmonize.__file__).parent / "assets" / "samples"
+    comp, mask = samples / "composite_images" / "l100044_1_1.jpg", samples / "masks" / "l100044_1.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HOME": str(tmp_path / "hf-home")}
+    out = tmp_path / "o.png"
+    r = subprocess.run([sys.executable, "-m", "harmonize", "run", str(comp), str(mask), "-o", str(out),
+                        "--model", "hf-hub:harmonize-test/absent"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("harmonize run: hf-hub:harmonize-test/absent: config.json is not in the local Hub cache")
+    assert not out.exists()
 
 
 def test_push_to_hub_uploads_the_save_pretrained_layout(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .. import __version__
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harmonize: interrupted", file=sys.stderr)
         return 130
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _configure_logging(args.verbose)
     if not args.command:
         parser.print_help()
         return 2
@@ -80,6 +81,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"harmonize {args.command}: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Print harmonize's own log records (INFO with ``-v``), message only.
+
+    Only the ``harmonize`` logger gets a handler: the root logger is left alone, so libraries
+    that print through their own handler are not printed twice. huggingface_hub's warnings
+    (a line per retry while the Hub cannot be reached) show with ``-v`` or ``HF_HUB_VERBOSITY``
+    only: what went wrong reaches the user as the command's one-line error.
+    """
+    os.environ.setdefault("HF_HUB_VERBOSITY", "info" if verbose else "error")  # read when huggingface_hub is imported
+    log = logging.getLogger("harmonize")
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not any(getattr(h, "_harmonize_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._harmonize_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
 
 def one_line(e: BaseException) -> str:
