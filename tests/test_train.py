@@ -270,7 +270,7 @@ def test_train_cli_with_config_file_and_resume(labelme, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"modle": "x"}))
     assert cli(["train", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
-    assert "unknown options ['modle']" in capsys.readouterr().err
+    assert "unknown options ['modle'] ('modle': did you mean 'model'?)" in capsys.readouterr().err
 
 
 def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:

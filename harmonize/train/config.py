@@ -8,6 +8,7 @@ The defaults are the GKNet paper's recipe where it gives one: Adam, lr 1e-4, bet
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import typing
@@ -175,7 +176,10 @@ class RunConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             known = sorted(f.name for f in dataclasses.fields(cls))
-            raise ConfigError(f"{source}: unknown options {unknown}; known: {known}")
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in close.items() if m)
+            hint = f" ({hint})" if hint else ""
+            raise ConfigError(f"{source}: unknown options {unknown}{hint}; known: {known}")
         try:
             return cls(**d)
         except ConfigError as e:
