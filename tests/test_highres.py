@@ -245,6 +245,23 @@ def test_pil_in_pil_out() -> None:
     assert grey.mode == "RGB" and grey.size == img.size
 
 
+def test_paths_in_give_what_the_command_writes(tmp_path) -> None:
+    from harmonize.cli import main
+
+    comp = require(SAMPLE / "HCOCO" / "composite_images" / "c35030_1_1.jpg")
+    mask = require(SAMPLE / "HCOCO" / "masks" / "c35030_1.png")
+    assert main(["run", str(comp), str(mask), "-o", str(tmp_path / "cli.png"), "--quiet"]) == 0
+    out = harmonize.harmonize(comp, str(mask))  # Path and str alike, the default model
+    assert isinstance(out, Image.Image) and out.mode == "RGB"
+    cli = np.asarray(Image.open(tmp_path / "cli.png"))
+    assert np.array_equal(np.asarray(out), cli), "the Python twin gives the command's pixels"
+    composite = np.asarray(Image.open(comp))
+    bg = np.asarray(Image.open(mask).convert("L")) < 128
+    assert np.array_equal(cli[bg], composite[bg]) and not np.array_equal(cli[~bg], composite[~bg])
+    with pytest.raises(harmonize.errors.ImageReadError, match="nope.jpg: no such file"):
+        harmonize.harmonize(tmp_path / "nope.jpg", mask)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
 def test_numpy_in_numpy_out(dtype) -> None:
     img, mask = _pil_pair()

@@ -54,7 +54,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .._factory import load_model
-from ..data.io import check_unit_range, image_to_tensor
+from ..data.io import check_unit_range, image_to_tensor, load_image, load_mask
 from ..data.transforms import resize_image, unit_float
 from ..errors import InvalidInputError, NonFiniteError, UsageError
 from ..utils.checks import check_image_mask
@@ -392,12 +392,13 @@ def harmonize(
     """Harmonize a composite with its mask, at full resolution; returns the kind it is given.
 
     Args:
-        image: the composite: a PIL image (RGB, RGBA, L, 16-bit ``I;16``...), a numpy array
+        image: the composite: a path (read as ``harmonize run`` reads it: EXIF orientation
+            applied), a PIL image (RGB, RGBA, L, 16-bit ``I;16``...), a numpy array
             (H, W, 3), (H, W, 4) or (H, W) of uint8, uint16 or float in 0..1, or a tensor
             (3, H, W) or (B, 3, H, W), floating point in 0..1 or uint8 in 0..255. Float
             values outside 0..1 (give or take 0.01) or not finite are an error, never
             rescaled on a guess.
-        mask: the foreground to harmonize, same height and width: PIL, numpy or tensor;
+        mask: the foreground to harmonize, same height and width: a path, PIL, numpy or tensor;
             0/1 or 0/255 (integers or bool), float in 0..1, grey or RGB; soft edges blend
             softly.
         model: a registered name (loaded once with its pretrained weights, then cached) or
@@ -408,13 +409,15 @@ def harmonize(
         **kwargs: further :class:`Harmonizer` arguments (``resize``, ``radius``, ``eps``).
 
     Returns:
-        PIL in: an RGB PIL image (RGBA when the input has alpha, which is carried over
+        A path in: an RGB PIL image, the pixels ``harmonize run`` writes (save it with
+        ``.save(...)``). PIL in: an RGB PIL image (RGBA when the input has alpha, which is carried over
         unchanged). numpy in: an array of the input's dtype, (H, W, 3), or (H, W, 4) with
         the alpha carried over. Tensor in: a tensor of the input's shape, dtype (uint8 in,
         uint8 out; float16 in, float16 out) and device. Where the mask is 0 the image comes
         back bit for bit. An empty mask returns the image unchanged (with a warning).
 
     Raises:
+        ImageReadError: a path that is missing or not a readable image.
         InvalidInputError: values outside the ranges above, NaN or infinite values, an
             image tensor of another dtype, shapes that do not fit.
         NonFiniteError: the model output NaN or infinite values.
@@ -422,8 +425,13 @@ def harmonize(
     Example:
         >>> out = harmonize(np.asarray(Image.open("comp.jpg")), np.asarray(Image.open("mask.png")), model="reinhard")
     """
+    if isinstance(mask, (str, os.PathLike)):
+        mask = load_mask(mask, threshold=None, uint8=True)
+    x = load_image(image, uint8=True) if isinstance(image, (str, os.PathLike)) else None
     h = Harmonizer(model, device=device, size=size, method=method, **kwargs)
     m = mask_from_any(mask)
+    if x is not None:
+        return Image.fromarray(to_uint8_hwc(h(x, m)))
     if isinstance(image, Tensor):
         if image.dim() not in (3, 4):
             raise InvalidInputError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
@@ -457,4 +465,4 @@ def harmonize(
         if a.ndim == 3 and a.shape[2] == 4:
             res = np.concatenate([res, a[..., 3:]], axis=2)
         return res
-    raise TypeError(f"image must be a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+    raise TypeError(f"image must be a path, a PIL image, a numpy array or a tensor, got {type(image).__name__}")
