@@ -152,6 +152,22 @@ def test_bad_input_is_a_json_error(client, case: str, status: int, words: list[s
     assert all(w in err for w in words), err
 
 
+def test_samples_endpoint_serves_the_bundled_files_only(client) -> None:
+    from harmonize.demo import bundled_samples
+
+    bundled = bundled_samples()
+    listing = client.get("/api/samples").json()["samples"]
+    assert [s["name"] for s in listing] == [b.name for b in bundled] and len(listing) == 4
+    for entry, sample in zip(listing, bundled):
+        for kind, media in (("composite", "image/jpeg"), ("mask", "image/png")):
+            r = client.get(f"/api/samples/{entry[kind]}")
+            assert r.status_code == 200 and r.headers["content-type"] == media
+            assert r.content == getattr(sample, kind).read_bytes()
+    for name in ("README.md", "l100044.jpg", "..%2Fmasks%2Fl100044_1.png", "..%2F..%2F__init__.py"):
+        r = client.get(f"/api/samples/{name}")
+        assert r.status_code == 404 and r.headers["content-type"] == "application/json", name
+
+
 def test_malformed_requests_and_unknown_paths(client) -> None:
     r = client.post("/api/harmonize", content=b"garbage", headers={"content-type": "text/plain"})
     assert r.status_code == 400 and "multipart" in r.json()["error"]
@@ -388,6 +404,26 @@ def test_page_harmonizes_a_labelme_sample_with_the_default_gknet(browser, live_s
     # the compare slider moves the boundary between before and after
     browser.execute_script("const s = document.getElementById('compare-slider'); s.value = 20; s.dispatchEvent(new Event('input'));")
     assert "80%" in browser.find_element("id", "before-img").get_attribute("style")
+
+
+def test_page_tries_the_bundled_samples_one_after_another(browser, live_server) -> None:
+    from harmonize.demo import bundled_samples
+
+    first, second = bundled_samples()[:2]
+    _open(browser, live_server, mode="compose")
+    _choose_model(browser, "reinhard")
+    browser.find_element("id", "sample").click()  # from the other tab: it opens the composite + mask tab
+    _wait(browser, "!document.getElementById('run').disabled", 30)
+    assert browser.execute_script("return !document.getElementById('pane-pair').hidden;")
+    name = "document.querySelector('#drop-composite .name').textContent"
+    assert browser.execute_script(f"return {name};").startswith(f"{first.composite.name} \u00b7 256\u00d7256")
+    assert browser.execute_script("return document.querySelector('#drop-mask .name').textContent;").startswith(first.mask.name)
+    out, c, m = _rgb(_run_and_fetch(browser)), _rgb(first.composite), _grey(first.mask)
+    assert (out[m == 0] == c[m == 0]).all() and np.abs(out[m > 127] - c[m > 127]).mean() > 1, "the sample was harmonized"
+    assert browser.find_element("id", "download").get_attribute("download") == f"{first.name}_harmonized.png"
+    browser.find_element("id", "sample").click()
+    _wait(browser, f"{name}.startsWith('{second.composite.name}')", 30)
+    assert not browser.execute_script("return document.getElementById('error').textContent;")
 
 
 def test_page_shows_the_error_of_a_mask_of_the_wrong_size(browser, live_server, tmp_path) -> None:

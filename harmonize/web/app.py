@@ -4,6 +4,8 @@ Endpoints:
 
 - ``GET /``: the page.
 - ``GET /api/info``: the models offered, the default, the size limits.
+- ``GET /api/samples``: the bundled sample composites (``harmonize demo``'s), each with the
+  file names of its composite and mask, which ``GET /api/samples/FILE`` returns.
 - ``POST /api/harmonize``: multipart ``composite``, ``mask`` (same size; soft edges kept),
   ``model`` -> the harmonized image as a PNG at full resolution.
 - ``POST /api/compose``: multipart ``cutout`` (with transparency), ``background``, ``x``,
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cutout import ANCHORS, paste
 from ..data.io import image_to_tensor, mask_to_tensor, to_uint8_hwc
+from ..demo import bundled_samples
 from ..errors import HarmonizeError, ImageReadError, InvalidInputError, UsageError
 from ..highres import Harmonizer, mask_is_empty
 
@@ -293,6 +296,23 @@ def create_app(
             }
         )
 
+    sample_files = {p.name: p for s in bundled_samples() for p in (s.composite, s.mask)}
+
+    async def samples(request: Request) -> Response:
+        listing = [
+            {"name": s.name, "composite": s.composite.name, "mask": s.mask.name}
+            for s in bundled_samples()
+        ]
+        return JSONResponse({"samples": listing})
+
+    async def sample_file(request: Request) -> Response:
+        name = request.path_params["file"]
+        path = sample_files.get(name)  # only the bundled files: a name, never a path
+        if path is None:
+            return _error(f"no bundled sample file {name!r}", 404)
+        media = "image/png" if path.suffix == ".png" else "image/jpeg"
+        return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "max-age=3600"})
+
     async def harmonize_pair(request: Request) -> Response:
         files, fields = await _form_files(request, "composite", "mask")
         (comp, cname), (mask, mname) = files["composite"], files["mask"]
@@ -319,6 +339,8 @@ def create_app(
     routes = [
         Route("/", index),
         Route("/api/info", info),
+        Route("/api/samples", samples),
+        Route("/api/samples/{file}", sample_file),
         Route("/api/harmonize", _endpoint(harmonize_pair), methods=["POST"]),
         Route("/api/compose", _endpoint(compose), methods=["POST"]),
         Route("/api/{rest:path}", not_found, methods=["GET", "POST"]),
