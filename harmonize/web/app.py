@@ -296,13 +296,14 @@ def create_app(
             }
         )
 
-    sample_files = {p.name: p for s in bundled_samples() for p in (s.composite, s.mask)}
+    try:
+        bundled = bundled_samples()
+    except FileNotFoundError:  # an installation without the package's assets: the page says so
+        bundled = []
+    sample_files = {p.name: p for s in bundled for p in (s.composite, s.mask)}
 
     async def samples(request: Request) -> Response:
-        listing = [
-            {"name": s.name, "composite": s.composite.name, "mask": s.mask.name}
-            for s in bundled_samples()
-        ]
+        listing = [{"name": s.name, "composite": s.composite.name, "mask": s.mask.name} for s in bundled]
         return JSONResponse({"samples": listing})
 
     async def sample_file(request: Request) -> Response:
